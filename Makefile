@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` and `make test` (each creates .venv when missing).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/vit_digits
+# 8 simulated CPU devices so data-parallel code paths run on a laptop and in CI.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test test-quick lint clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m trainer.main --config=configs/vit_digits.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+test-quick: $(VENV)/.installed
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

@@ -1,0 +1,196 @@
+"""dot_product_attention and MultiHeadAttention against a plain NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import (
+    MultiHeadAttention,
+    combine_masks,
+    dot_product_attention,
+    make_causal_mask,
+    make_padding_mask,
+)
+
+BATCH, Q_LEN, KV_LEN, HEADS, HEAD_DIM = 2, 5, 7, 3, 8
+
+
+def numpy_attention(query, key, value, mask=None, bias=None):
+    """softmax(QKᵀ/√d)V in float64, rows with nothing to attend -> 0."""
+    query, key, value = (np.asarray(x, np.float64) for x in (query, key, value))
+    logits = np.einsum("bqhd,bkhd->bhqk", query, key) / np.sqrt(query.shape[-1])
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask), logits.shape)
+        logits = np.where(mask, logits, -np.inf)
+    row_max = np.max(logits, axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    weights = np.exp(logits - row_max)
+    total = weights.sum(-1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    return np.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+@pytest.fixture
+def qkv():
+    rng = np.random.default_rng(0)
+    shape_q = (BATCH, Q_LEN, HEADS, HEAD_DIM)
+    shape_kv = (BATCH, KV_LEN, HEADS, HEAD_DIM)
+    return (rng.normal(size=shape_q).astype(np.float32),
+            rng.normal(size=shape_kv).astype(np.float32),
+            rng.normal(size=shape_kv).astype(np.float32))
+
+
+def _padding_mask():
+    query_tokens = np.array([[3, 4, 5, 6, 0], [7, 8, 0, 0, 0]])
+    key_tokens = np.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 0, 0, 0, 0]])
+    return make_padding_mask(jnp.asarray(query_tokens), jnp.asarray(key_tokens))
+
+
+def _causal_mask():
+    return make_causal_mask(KV_LEN)[:, :, :Q_LEN]
+
+
+@pytest.mark.parametrize("mask_name", ["none", "padding", "causal", "combined"])
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_attention_matches_numpy(qkv, mask_name, return_weights):
+    mask = {
+        "none": None,
+        "padding": _padding_mask(),
+        "causal": _causal_mask(),
+        "combined": combine_masks(_padding_mask(), _causal_mask()),
+    }[mask_name]
+    out = dot_product_attention(*qkv, mask=mask, return_weights=return_weights)
+    if return_weights:
+        out, weights = out
+        assert weights.shape == (BATCH, HEADS, Q_LEN, KV_LEN)
+        assert weights.dtype == jnp.float32
+    np.testing.assert_allclose(out, numpy_attention(*qkv, mask=mask), atol=2e-6, rtol=1e-5)
+
+
+def test_bias_is_added_to_logits(qkv):
+    bias = np.random.default_rng(1).normal(size=(1, HEADS, Q_LEN, KV_LEN)).astype(np.float32)
+    out = dot_product_attention(*qkv, bias=jnp.asarray(bias))
+    np.testing.assert_allclose(out, numpy_attention(*qkv, bias=bias), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_fully_masked_rows_are_zero_not_nan(qkv, return_weights):
+    mask = np.ones((BATCH, 1, Q_LEN, KV_LEN), bool)
+    mask[0, :, 2] = False  # query row 2 of example 0 sees nothing
+    mask[1] = False  # example 1 sees nothing at all
+    out = dot_product_attention(*qkv, mask=jnp.asarray(mask), return_weights=return_weights)
+    out = out[0] if return_weights else out
+    assert np.all(np.isfinite(out))
+    np.testing.assert_array_equal(out[0, 2], 0.0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_allclose(out, numpy_attention(*qkv, mask=mask), atol=2e-6, rtol=1e-5)
+
+
+def test_bfloat16_inputs_softmax_in_float32(qkv):
+    mask = combine_masks(_padding_mask(), _causal_mask())
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in qkv)
+    out = dot_product_attention(q, k, v, mask=mask)
+    assert out.dtype == jnp.bfloat16
+    # Reference from the bf16-rounded inputs; the error left is bf16 rounding of the output
+    # and of the weights, well below what a bf16 softmax (3 significant digits) would give.
+    reference = numpy_attention(*(np.asarray(x, np.float32) for x in (q, k, v)), mask=mask)
+    np.testing.assert_allclose(np.asarray(out, np.float32), reference, atol=3e-2, rtol=2e-2)
+    _, weights = dot_product_attention(q, k, v, mask=mask, return_weights=True)
+    assert weights.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(weights).sum(-1)[0, :, :4], 1.0, rtol=1e-6)
+
+
+def test_dropout_path_equals_exact_path_without_dropout(qkv):
+    mask = _padding_mask()
+    fused = dot_product_attention(*qkv, mask=mask)
+    exact = dot_product_attention(*qkv, mask=mask, return_weights=True)[0]
+    np.testing.assert_allclose(fused, exact, atol=1e-6)
+    dropped = dot_product_attention(
+        *qkv, mask=mask, dropout_rate=0.5, dropout_rng=jax.random.key(0), deterministic=False
+    )
+    assert not np.allclose(dropped, exact)
+    assert np.all(np.isfinite(dropped))
+
+
+def test_unknown_implementation_is_rejected(qkv):
+    with pytest.raises(ValueError, match="implementation"):
+        dot_product_attention(*qkv, implementation="flash")
+
+
+def test_cudnn_request_falls_back_to_xla_where_kernel_cannot_run(qkv):
+    # On CPU (and for float32) the fused kernel does not apply: same numbers as "xla".
+    out = dot_product_attention(*qkv, implementation="cudnn")
+    np.testing.assert_allclose(out, dot_product_attention(*qkv), atol=1e-6)
+
+
+def test_wrong_rank_is_a_value_error(qkv):
+    query, key, value = qkv
+    with pytest.raises(ValueError, match="batch, length, heads, head_dim"):
+        dot_product_attention(query[0], key, value)
+
+
+def test_causality_property():
+    """Changing inputs after position t leaves the outputs up to t unchanged."""
+    layer = MultiHeadAttention(num_heads=2)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 9, 16)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    mask = make_causal_mask(9)
+    base = layer.apply(params, x, mask=mask)
+    for t in range(9):
+        changed = x.at[:, t + 1:].set(jnp.asarray(rng.normal(size=(2, 8 - t, 16)), jnp.float32))
+        out = layer.apply(params, changed, mask=mask)
+        np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6)
+        if t < 8:
+            assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_cross_attention_shapes_and_out_features():
+    layer = MultiHeadAttention(num_heads=4, qkv_features=32, out_features=24)
+    q = jnp.ones((2, 3, 16))
+    kv = jnp.ones((2, 6, 8))
+    params = layer.init(jax.random.key(0), q, kv)
+    assert params["params"]["query"]["kernel"].shape == (16, 4, 8)
+    assert params["params"]["key"]["kernel"].shape == (8, 4, 8)
+    assert params["params"]["out"]["kernel"].shape == (4, 8, 24)
+    assert layer.apply(params, q, kv).shape == (2, 3, 24)
+
+
+def test_decode_cache_adds_one_position_per_call():
+    layer = MultiHeadAttention(num_heads=2, decode=True)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
+    variables = layer.init(jax.random.key(0), x)
+    full = MultiHeadAttention(num_heads=2).apply(
+        {"params": variables["params"]}, x, mask=make_causal_mask(6)
+    )
+    cache = variables["cache"]
+    for t in range(6):
+        out, mutated = layer.apply(
+            {"params": variables["params"], "cache": cache}, x[:, t:t + 1], mutable=["cache"]
+        )
+        cache = mutated["cache"]
+        assert int(cache["cache_index"]) == t + 1
+        np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5)
+    with pytest.raises(ValueError, match="one position per call"):
+        layer.apply({"params": variables["params"], "cache": cache}, x[:, :2], mutable=["cache"])
+
+
+def test_attention_weights_sown_when_intermediates_mutable():
+    layer = MultiHeadAttention(num_heads=2)
+    x = jnp.ones((1, 4, 8))
+    params = layer.init(jax.random.key(0), x)
+    _, state = layer.apply(params, x, mutable=["intermediates"])
+    (weights,) = state["intermediates"]["attention_weights"]
+    assert weights.shape == (1, 2, 4, 4)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_heads_must_divide_features():
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiHeadAttention(num_heads=3, qkv_features=16)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        MultiHeadAttention(num_heads=3).init(jax.random.key(0), jnp.ones((1, 2, 16)))

@@ -1,0 +1,175 @@
+"""Blocks, stacks and the seq2seq Transformer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import (
+    TRANSFORMER_CONFIGS,
+    EncoderBlock,
+    Transformer,
+    create_transformer,
+    shift_right,
+    sinusoidal_table,
+)
+
+SOURCE = jnp.array([[3, 4, 5, 6, 1, 0], [2, 2, 1, 0, 0, 0]])
+TARGET = jnp.array([[6, 5, 4, 3, 1], [2, 2, 1, 0, 0]])
+
+
+def _tiny(**overrides):
+    return create_transformer("tiny", vocab_size=12, **{"max_length": 16, "dropout_rate": 0.0,
+                                                        **overrides})
+
+
+def _decode_step_by_step(model, params, source, target):
+    """Logits of the decoding-mode model fed the gold prefix one token at a time."""
+    decoder = model.clone(decoding=True)
+    cache = decoder.init(jax.random.key(0), source, target)["cache"]
+    encoded = model.apply({"params": params}, source, method="encode")
+    token = jnp.zeros((source.shape[0], 1), jnp.int32)
+    steps = []
+    for t in range(target.shape[1]):
+        logits, state = decoder.apply(
+            {"params": params, "cache": cache}, encoded, source, token,
+            method="decode", mutable=["cache"],
+        )
+        cache = state["cache"]
+        steps.append(logits[:, 0])
+        token = target[:, t:t + 1]
+    return jnp.stack(steps, axis=1)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"norm_placement": "pre"}, {"scan_layers": True}, {"position_embedding": "learned"},
+     {"share_embeddings": True, "logits_via_embedding": True}],
+    ids=["post-ln", "pre-ln", "scan", "learned-pos", "shared-emb"],
+)
+def test_cached_decoding_matches_full_pass(overrides):
+    model = _tiny(**overrides)
+    params = model.init(jax.random.key(1), SOURCE, TARGET)["params"]
+    full = model.apply({"params": params}, SOURCE, TARGET)
+    cached = _decode_step_by_step(model, params, SOURCE, TARGET)
+    valid = np.asarray(TARGET > 0)  # padding positions are masked out of the full pass
+    np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(full)[valid], atol=1e-5)
+
+
+def test_decoder_is_causal():
+    model = _tiny()
+    params = model.init(jax.random.key(2), SOURCE, TARGET)["params"]
+    base = model.apply({"params": params}, SOURCE, TARGET)
+    changed_target = TARGET.at[0, 3:].set(jnp.array([7, 8]))
+    out = model.apply({"params": params}, SOURCE, changed_target)
+    # Logits at position t depend on targets < t (shifted right), so 0..3 are unchanged.
+    np.testing.assert_allclose(out[0, :4], base[0, :4], atol=1e-6)
+    assert not np.allclose(out[0, 4], base[0, 4])
+
+
+def test_source_padding_is_ignored():
+    model = _tiny()
+    params = model.init(jax.random.key(3), SOURCE, TARGET)["params"]
+    padded_more = jnp.pad(SOURCE, ((0, 0), (0, 3)))
+    np.testing.assert_allclose(
+        model.apply({"params": params}, padded_more, TARGET),
+        model.apply({"params": params}, SOURCE, TARGET),
+        atol=1e-5,
+    )
+
+
+def test_named_configs_have_published_sizes():
+    assert TRANSFORMER_CONFIGS["base"] == dict(
+        emb_dim=512, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, mlp_dim=2048)
+    assert TRANSFORMER_CONFIGS["big"] == dict(
+        emb_dim=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6, mlp_dim=4096)
+
+
+def test_base_parameter_count():
+    """Transformer-base with a shared 37k vocabulary: about 63M parameters (paper: 65M)."""
+    model = create_transformer("base", vocab_size=37000, share_embeddings=True,
+                               logits_via_embedding=True)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), SOURCE, TARGET)
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
+    # Embedding 37000*512 + 6 encoder blocks (3.15M each) + 6 decoder blocks (4.20M each).
+    expected = 37000 * 512 + 6 * (4 * (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512 + 4 * 512)
+    expected += 6 * (8 * (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512 + 6 * 512)
+    assert count == expected
+
+
+def test_train_mode_uses_dropout_rng():
+    model = create_transformer("tiny", vocab_size=12, max_length=16, dropout_rate=0.3)
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    a = model.apply({"params": params}, SOURCE, TARGET, train=True,
+                    rngs={"dropout": jax.random.key(1)})
+    b = model.apply({"params": params}, SOURCE, TARGET, train=True,
+                    rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+    with pytest.raises(Exception, match="dropout"):
+        model.apply({"params": params}, SOURCE, TARGET, train=True)
+
+
+def test_remat_and_bfloat16_run_and_give_gradients():
+    model = _tiny(remat_policy="dots", dtype=jnp.bfloat16, scan_layers=True)
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+    def loss(p):
+        return model.apply({"params": p}, SOURCE, TARGET).mean()
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_encoder_block_post_and_pre_ln_differ_but_share_params():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 16)), jnp.float32)
+    pre = EncoderBlock(num_heads=2, mlp_dim=32, norm_placement="pre")
+    post = EncoderBlock(num_heads=2, mlp_dim=32, norm_placement="post")
+    params = pre.init(jax.random.key(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(post.init(jax.random.key(0), x))
+    assert not np.allclose(pre.apply(params, x), post.apply(params, x))
+    # Post-LN output is normalised per token.
+    np.testing.assert_allclose(post.apply(params, x).mean(-1), 0.0, atol=1e-5)
+
+
+def test_shift_right_and_sinusoids():
+    np.testing.assert_array_equal(shift_right(jnp.array([[5, 6, 7]])), [[0, 5, 6]])
+    table = sinusoidal_table(50, 8)
+    np.testing.assert_allclose(table[0], [0, 1, 0, 1, 0, 1, 0, 1], atol=1e-7)
+    np.testing.assert_allclose(table[7, 2], np.sin(7 / 10_000 ** (2 / 8)), rtol=1e-6)
+    np.testing.assert_allclose(table[7, 3], np.cos(7 / 10_000 ** (2 / 8)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(emb_dim=30, num_heads=4), "num_heads"),
+        (dict(norm_placement="middle"), "norm_placement"),
+        (dict(activation="swish"), "activation"),
+        (dict(position_embedding="rotary"), "position_embedding"),
+        (dict(remat_policy="some"), "remat_policy"),
+        (dict(num_encoder_layers=0), "num_layers"),
+        (dict(vocab_size=1), "vocab_size"),
+        (dict(share_embeddings=True, output_vocab_size=7), "share_embeddings"),
+        (dict(attention_implementation="flash"), "implementation"),
+        (dict(dropout_rate=1.5), "dropout_rate"),
+    ],
+)
+def test_invalid_configuration_fails_with_value_error(kwargs, field):
+    params = dict(vocab_size=12, emb_dim=32, num_heads=2, num_encoder_layers=1,
+                  num_decoder_layers=1, mlp_dim=32, max_length=16)
+    params.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        model = Transformer(**params)
+        model.init(jax.random.key(0), SOURCE, TARGET)
+
+
+def test_sequence_longer_than_learned_table_fails():
+    model = _tiny(position_embedding="learned", max_length=4)
+    with pytest.raises(ValueError, match="max_length=4"):
+        model.init(jax.random.key(0), SOURCE, TARGET)
+
+
+def test_unknown_named_config():
+    with pytest.raises(ValueError, match="known"):
+        create_transformer("huge", vocab_size=10)

@@ -1,0 +1,306 @@
+"""Scaled dot-product attention and the multi-head attention layer.
+
+Arrays are laid out ``[batch, length, heads, head_dim]`` throughout, the layout that
+``jax.nn.dot_product_attention`` and cuDNN's fused kernel take without transposes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer.masks import combine_masks
+
+Array = jnp.ndarray
+Dtype = Any
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def _check_implementation(implementation: str) -> None:
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention implementation={implementation!r} is not supported; "
+            f"expected one of {ATTENTION_IMPLEMENTATIONS}"
+        )
+
+
+def _fused_kernel_supports(query: Array, implementation: str) -> bool:
+    """Whether ``jax.nn.dot_product_attention`` may take ``implementation`` for these inputs.
+
+    cuDNN's flash-attention kernel needs half precision and ``head_dim % 8 == 0`` on a
+    GPU; everywhere else the exact XLA path is used instead.
+    """
+    if implementation != "cudnn":
+        return True
+    return (
+        query.dtype in (jnp.bfloat16, jnp.float16)
+        and query.shape[-1] % 8 == 0
+        and jax.default_backend() == "gpu"
+    )
+
+
+def _row_has_any_key(mask: Array) -> Array:
+    """``[batch|1, heads|1, q, k]`` mask -> ``[batch|1, q, heads|1, 1]``: does the row attend anywhere."""
+    return jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
+
+
+def attention_weights(
+    query: Array,
+    key: Array,
+    *,
+    bias: Array | None = None,
+    mask: Array | None = None,
+) -> Array:
+    """softmax(QKᵀ/√d_k + bias) over keys, computed in float32.
+
+    Args:
+      query: ``[batch, q_length, heads, head_dim]``.
+      key: ``[batch, kv_length, heads, head_dim]``.
+      bias: broadcastable to ``[batch, heads, q_length, kv_length]``, added to the logits.
+      mask: bool broadcastable to ``[batch, heads, q_length, kv_length]``; True = may attend.
+
+    Returns:
+      float32 ``[batch, heads, q_length, kv_length]``; rows with no key to attend are 0.
+    """
+    head_dim = query.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(head_dim))
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        # A fully masked row would otherwise be uniform over the masked keys.
+        weights = jnp.where(mask, weights, 0.0)
+    return weights
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+    dtype: Dtype | None = None,
+    implementation: str = "xla",
+    return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+    """softmax(QKᵀ/√d_k)·V with optional bias, boolean mask and attention dropout.
+
+    Without attention dropout (and without ``return_weights``) this routes to
+    ``jax.nn.dot_product_attention`` with ``implementation`` (``"xla"`` or ``"cudnn"`` for the
+    fused flash-attention kernel on GPUs, used only where that kernel applies: bf16/fp16 and
+    ``head_dim % 8 == 0``). Otherwise an explicit XLA path computes the same function, with
+    dropout on the attention weights. Both compute the softmax in float32.
+
+    Args:
+      query: ``[batch, q_length, heads, head_dim]``.
+      key: ``[batch, kv_length, heads, head_dim]``.
+      value: ``[batch, kv_length, heads, head_dim]``.
+      bias: broadcastable to ``[batch, heads, q_length, kv_length]``.
+      mask: bool broadcastable to ``[batch, heads, q_length, kv_length]``; True = may attend.
+        A query row with no key to attend outputs zeros.
+      dropout_rate: dropout on the attention weights (only when not ``deterministic``).
+      dropout_rng: PRNG key for that dropout.
+      deterministic: disables dropout.
+      dtype: computation dtype; defaults to the promoted dtype of the inputs.
+      implementation: ``"xla"`` or ``"cudnn"``.
+      return_weights: also return the float32 attention weights ``[batch, heads, q, kv]``.
+
+    Returns:
+      ``[batch, q_length, heads, head_dim]`` (and the weights when ``return_weights``).
+    """
+    _check_implementation(implementation)
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            "query, key and value must be [batch, length, heads, head_dim]; got shapes "
+            f"{query.shape}, {key.shape}, {value.shape}"
+        )
+    dtype = dtype or jnp.result_type(query.dtype, key.dtype, value.dtype)
+    query, key, value = (x.astype(dtype) for x in (query, key, value))
+    if mask is not None:
+        mask = jnp.asarray(mask, dtype=bool)
+        while mask.ndim < 4:
+            mask = mask[None]
+    use_dropout = dropout_rate > 0.0 and not deterministic
+
+    if not use_dropout and not return_weights and _fused_kernel_supports(query, implementation):
+        batch, q_length, heads, _ = query.shape
+        kv_length = key.shape[1]
+        full = lambda x: None if x is None else jnp.broadcast_to(  # noqa: E731
+            x, (batch, x.shape[1], q_length, kv_length)
+        )
+        out = jax.nn.dot_product_attention(
+            query,
+            key,
+            value,
+            bias=full(None if bias is None else bias.astype(dtype)),
+            mask=full(mask),
+            implementation=implementation,
+        )
+        if mask is not None:
+            out = out * _row_has_any_key(mask).astype(out.dtype)
+        return out
+
+    weights = attention_weights(query, key, bias=bias, mask=mask)
+    if use_dropout:
+        if dropout_rng is None:
+            raise ValueError("dropout_rng is required when dropout_rate > 0 and not deterministic")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights_used = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    else:
+        weights_used = weights
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights_used.astype(dtype), value)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention (self- or cross-attention) with a decoding cache.
+
+    Parameter names follow the official ViT checkpoints: ``query``/``key``/``value`` kernels
+    ``[features, heads, head_dim]`` and ``out`` kernel ``[heads, head_dim, out_features]``.
+
+    Attributes:
+      num_heads: number of attention heads; ``qkv_features`` must divide by it.
+      qkv_features: total width of queries/keys/values (default: input width).
+      out_features: output width (default: input width).
+      dropout_rate: dropout on the attention weights.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
+      param_dtype: parameter dtype.
+      use_bias: biases on the projections.
+      kernel_init: initialiser of the projection kernels.
+      decode: keep a key/value cache in the ``"cache"`` collection so that each call adds
+        one position (autoregressive decoding). Initialise with the full-length input to size
+        the cache.
+      attention_implementation: ``"xla"`` or ``"cudnn"`` (see ``dot_product_attention``).
+
+    When the ``"intermediates"`` collection is mutable, the attention weights
+    ``[batch, heads, q_length, kv_length]`` are sown there as ``attention_weights``.
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    dropout_rate: float = 0.0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    decode: bool = False
+    attention_implementation: str = "xla"
+
+    def __post_init__(self) -> None:
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads={self.num_heads} must be >= 1")
+        if self.qkv_features is not None and self.qkv_features % self.num_heads:
+            raise ValueError(
+                f"qkv_features={self.qkv_features} must be divisible by num_heads={self.num_heads}"
+            )
+        _check_implementation(self.attention_implementation)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array | None = None,
+        *,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Attend from ``inputs_q`` ``[batch, q_length, features]`` to ``inputs_kv``
+        ``[batch, kv_length, features]`` (``inputs_q`` itself when None).
+
+        Returns ``[batch, q_length, out_features]``.
+        """
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        features = self.qkv_features or inputs_q.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(
+                f"hidden size {features} must be divisible by num_heads={self.num_heads}"
+            )
+        head_dim = features // self.num_heads
+        dense = functools.partial(
+            nn.DenseGeneral,
+            features=(self.num_heads, head_dim),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+        )
+        query = dense(name="query")(inputs_q)
+        key = dense(name="key")(inputs_kv)
+        value = dense(name="value")(inputs_kv)
+
+        if self.decode:
+            key, value, mask = self._update_cache(key, value, mask)
+
+        dropout_rng = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        want_weights = self.is_mutable_collection("intermediates")
+        result = dot_product_attention(
+            query,
+            key,
+            value,
+            bias=bias,
+            mask=mask,
+            dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng,
+            deterministic=deterministic,
+            dtype=self.dtype,
+            implementation=self.attention_implementation,
+            return_weights=want_weights,
+        )
+        if want_weights:
+            result, weights = result
+            self.sow("intermediates", "attention_weights", weights)
+        return nn.DenseGeneral(
+            features=self.out_features or inputs_q.shape[-1],
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            name="out",
+        )(result)
+
+    def _update_cache(
+        self, key: Array, value: Array, mask: Array | None
+    ) -> tuple[Array, Array, Array | None]:
+        """Write this step's key/value into the cache and mask the unwritten positions.
+
+        On initialisation the cache is created with the full input length (``max_length``)
+        and the inputs pass through unchanged. Afterwards each call carries one position:
+        key/value ``[batch, 1, heads, head_dim]`` become ``[batch, max_length, heads, head_dim]``.
+        """
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+        if not is_initialized:
+            return key, value, mask
+        batch, max_length, heads, head_dim = cached_key.value.shape
+        if key.shape != (batch, 1, heads, head_dim):
+            raise ValueError(
+                f"decode mode takes one position per call: expected key shape "
+                f"{(batch, 1, heads, head_dim)}, got {key.shape}"
+            )
+        index = cache_index.value
+        start = (0, index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        cache_index.value = index + 1
+        written = (jnp.arange(max_length) <= index)[None, None, None, :]
+        return cached_key.value, cached_value.value, combine_masks(mask, written)
