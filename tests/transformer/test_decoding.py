@@ -1,0 +1,196 @@
+"""Greedy, sampled and beam-search decoding with the key/value cache."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import EOS_ID, PAD_ID, create_transformer, decoding
+
+SOURCE = jnp.array([[3, 4, 5, 6, 1, 0], [2, 2, 1, 0, 0, 0], [7, 1, 0, 0, 0, 0]])
+MAX_LEN = 7
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = create_transformer("micro", vocab_size=12, max_length=16, dropout_rate=0.0)
+    params = model.init(jax.random.key(0), SOURCE, SOURCE)["params"]
+    return model, params
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _full_logits(model, params, source, targets):
+    return model.apply({"params": params}, source, targets)
+
+
+def greedy_without_cache(model, params, source, max_len):
+    """Reference: recompute the whole prefix every step (no cache)."""
+    tokens = np.zeros((source.shape[0], max_len), np.int32)
+    finished = np.zeros(source.shape[0], bool)
+    for i in range(max_len):
+        # Position i only needs targets < i; a non-pad placeholder keeps its query unmasked.
+        probe = tokens.copy()
+        probe[:, i] = 2
+        logits = np.array(_full_logits(model, params, source, jnp.asarray(probe)))[:, i]
+        logits[:, PAD_ID] = -np.inf
+        choice = np.where(finished, PAD_ID, logits.argmax(-1))
+        tokens[:, i] = choice
+        finished |= choice == EOS_ID
+    return tokens
+
+
+def _decode(model, params, **kwargs):
+    fn = jax.jit(lambda p, s, r: decoding.decode(model, p, s, max_decode_length=MAX_LEN, rng=r,
+                                                 **kwargs))
+    return np.asarray(fn(params, SOURCE, jax.random.key(5)))
+
+
+def test_greedy_with_cache_equals_greedy_without_cache(model_and_params):
+    model, params = model_and_params
+    np.testing.assert_array_equal(_decode(model, params, strategy="greedy"),
+                                  greedy_without_cache(model, params, SOURCE, MAX_LEN))
+
+
+def test_cached_logits_equal_full_pass_at_every_position(model_and_params):
+    model, params = model_and_params
+    targets = jnp.array([[5, 4, 3, 2, 1], [9, 8, 1, 0, 0], [6, 6, 6, 6, 6]])
+    full = np.asarray(_full_logits(model, params, SOURCE, targets))
+    encoded = model.apply({"params": params}, SOURCE, method="encode")
+    step = jax.jit(decoding.make_tokens_to_logits(model, params, encoded, SOURCE))
+    cache = decoding.init_cache(model, 3, SOURCE.shape[1], targets.shape[1])
+    token = jnp.zeros((3, 1), jnp.int32)
+    for t in range(targets.shape[1]):
+        logits, cache = step(token, cache)
+        valid = np.asarray(targets[:, t] > 0)
+        expected = full[:, t].copy()
+        expected[:, PAD_ID] = decoding.NEG_INF
+        np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-5)
+        token = targets[:, t:t + 1]
+
+
+def test_beam_size_one_with_alpha_zero_equals_greedy(model_and_params):
+    model, params = model_and_params
+    np.testing.assert_array_equal(
+        _decode(model, params, strategy="beam", beam_size=1, alpha=0.0),
+        _decode(model, params, strategy="greedy"))
+
+
+def test_beam_scores_sorted_and_best_first(model_and_params):
+    model, params = model_and_params
+    sequences, scores = jax.jit(lambda p, s: decoding.decode(
+        model, p, s, max_decode_length=MAX_LEN, strategy="beam", beam_size=4,
+        return_all_beams=True))(params, SOURCE)
+    scores = np.asarray(scores)
+    assert sequences.shape == (3, 4, MAX_LEN)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    best = _decode(model, params, strategy="beam", beam_size=4)
+    np.testing.assert_array_equal(best, np.asarray(sequences)[:, 0])
+
+
+def test_beam_score_is_length_normalised_log_probability(model_and_params):
+    model, params = model_and_params
+    sequences, scores = decoding.decode(model, params, SOURCE, max_decode_length=MAX_LEN,
+                                        strategy="beam", beam_size=3, alpha=0.6,
+                                        return_all_beams=True)
+    sequences, scores = np.asarray(sequences), np.asarray(scores)
+    for b in range(3):
+        seq = sequences[b, 0]
+        length = int(np.argmax(seq == EOS_ID)) + 1 if EOS_ID in seq else MAX_LEN
+        targets = np.zeros((1, MAX_LEN), np.int32)
+        targets[0, :length] = seq[:length]
+        logits = np.array(_full_logits(model, params, SOURCE[b:b + 1], jnp.asarray(targets)))
+        logits[..., PAD_ID] = decoding.NEG_INF
+        log_probs = jax.nn.log_softmax(logits[0, :length])
+        total = float(sum(log_probs[i, seq[i]] for i in range(length)))
+        expected = total / ((5.0 + length) / 6.0) ** 0.6
+        np.testing.assert_allclose(scores[b, 0], expected, rtol=1e-4)
+
+
+def test_top_k_one_sampling_equals_greedy(model_and_params):
+    model, params = model_and_params
+    np.testing.assert_array_equal(
+        _decode(model, params, strategy="sample", top_k=1),
+        _decode(model, params, strategy="greedy"))
+
+
+def test_sampling_is_reproducible_with_a_seed(model_and_params):
+    model, params = model_and_params
+    run = jax.jit(lambda p, s, r: decoding.decode(
+        model, p, s, max_decode_length=MAX_LEN, strategy="sample", temperature=2.0, rng=r))
+    a = np.asarray(run(params, SOURCE, jax.random.key(1)))
+    b = np.asarray(run(params, SOURCE, jax.random.key(1)))
+    np.testing.assert_array_equal(a, b)
+    others = [np.asarray(run(params, SOURCE, jax.random.key(seed))) for seed in range(2, 6)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_tokens_after_eos_are_padding_and_early_finish():
+    """A model that emits EOS at once for example 0 and never for example 1."""
+    vocab = 6
+
+    def tokens_to_logits(tokens, cache):
+        step = cache
+        logits = jnp.full((2, vocab), -5.0)
+        logits = logits.at[0, EOS_ID].set(5.0)  # example 0: EOS immediately
+        logits = logits.at[1, 3].set(5.0)  # example 1: token 3 forever
+        return logits, step + 1
+
+    out = decoding.greedy_search(tokens_to_logits, jnp.array(0), 2, 5)
+    np.testing.assert_array_equal(out, [[EOS_ID, 0, 0, 0, 0], [3, 3, 3, 3, 3]])
+
+    def stop_after_two(tokens, cache):
+        logits = jnp.full((2, vocab), -5.0)
+        logits = jnp.where(cache >= 1, logits.at[:, EOS_ID].set(5.0), logits.at[:, 4].set(5.0))
+        return logits, cache + 1
+
+    def counting(tokens, cache):
+        logits, cache = stop_after_two(tokens, cache)
+        return logits, cache
+
+    out = decoding.greedy_search(counting, jnp.array(0), 2, 6)
+    np.testing.assert_array_equal(out, [[4, EOS_ID, 0, 0, 0, 0]] * 2)
+
+
+def test_beam_search_eos_handling_and_early_stop():
+    """Beams end at EOS; tokens after EOS are padding; the loop stops once all finished."""
+    vocab = 5
+    calls = []
+
+    def tokens_to_logits(tokens, cache):
+        # Every beam: EOS is the most likely token after the first step.
+        first = jnp.array([-3.0, -9.0, 0.0, -1.0, -2.0])
+        later = jnp.array([-9.0, 0.0, -2.0, -3.0, -4.0])
+        logits = jnp.where(cache == 0, first, later)
+        calls.append(1)
+        return jnp.tile(logits[None], (tokens.shape[0], 1)), cache + 1
+
+    seqs, scores = jax.jit(lambda c: decoding.beam_search(
+        tokens_to_logits, c, 1, 2, 6, alpha=0.0))(jnp.array(0))
+    seqs = np.asarray(seqs)
+    np.testing.assert_array_equal(seqs[0, 0], [2, EOS_ID, 0, 0, 0, 0])
+    assert seqs[0, 1, 1] == EOS_ID and np.all(seqs[0, :, 2:] == 0)
+    assert scores[0, 0] >= scores[0, 1]
+
+
+def test_filter_logits_top_p_and_errors():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = np.asarray(decoding.filter_logits(logits, top_p=0.7)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept, [[True, True, False, False]])
+    kept = np.asarray(decoding.filter_logits(logits, top_k=3)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept, [[True, True, True, False]])
+    with pytest.raises(ValueError, match="temperature"):
+        decoding.filter_logits(logits, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        decoding.filter_logits(logits, top_p=0.0)
+
+
+def test_decode_argument_errors(model_and_params):
+    model, params = model_and_params
+    with pytest.raises(ValueError, match="strategy"):
+        decoding.decode(model, params, SOURCE, max_decode_length=4, strategy="viterbi")
+    with pytest.raises(ValueError, match="rng"):
+        decoding.decode(model, params, SOURCE, max_decode_length=4, strategy="sample")
+    with pytest.raises(ValueError, match="max_decode_length"):
+        decoding.decode(model, params, SOURCE, max_decode_length=0)
