@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.11.20,<0.14",
     "tensorflow-datasets>=4.9.8,<5",
+    "importlib_resources>=6.0",  # tfds needs it to build a dataset defined in a package
     "grain>=0.2.12,<0.4",
     "array-record>=0.7",
     "ml-collections>=1.0",

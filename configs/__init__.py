@@ -1,0 +1,1 @@
+"""Experiment configs (data only): one file per experiment, each with ``get_config(arg)``."""

@@ -1,0 +1,95 @@
+"""Fields every experiment config has, with their defaults (data only).
+
+Each experiment file starts from ``base_config()`` and sets what differs. Field meanings:
+
+- ``task``: ``classification``, ``seq2seq`` or ``distillation``.
+- ``model``: the model name and field overrides (``trainer.tasks`` builds it).
+- ``dataset``: ``name`` (TFDS name, ``digits`` or ``synthetic/<task>``), ``data_dir``,
+  ``train_split``, ``eval_split``, ``source_kwargs``.
+- ``batch_size`` / ``eval_batch_size``: global, over all devices and hosts.
+- ``mesh_shape``: sizes of the ``data`` and ``fsdp`` mesh axes (-1: the rest).
+- ``sharding.min_fsdp_size``: leaves this large or larger are split along ``fsdp``.
+- ``optimizer`` / ``schedule``: see ``trainer.optimizers``.
+- ``mixed_precision``: bfloat16 computation with float32 parameters.
+- ``stop_after_step``: end this invocation early (checkpointed), e.g. to test resumption.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "classification"
+    config.seed = 0
+    config.model = ml_collections.ConfigDict()
+    config.dataset = ml_collections.ConfigDict(dict(
+        name="", data_dir=ml_collections.FieldReference(None, field_type=str),
+        train_split="train", eval_split="test", source_kwargs={}))
+    config.pp_train = ""
+    config.pp_eval = ""
+    config.batch_size = 128
+    config.eval_batch_size = 256
+    config.input_workers = 0
+    config.num_train_steps = 1000
+    config.log_every_steps = 50
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.async_checkpoints = True
+    config.stop_after_step = ml_collections.FieldReference(None, field_type=int)
+    config.progress_bar = ml_collections.FieldReference(None, field_type=bool)
+    config.label_smoothing = 0.0
+    config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0,
+                                                  switch_prob=0.5))
+    config.mixed_precision = False
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
+        nesterov=False, weight_decay=0.0, grad_clip_norm=1.0, accum_steps=1))
+    config.schedule = ml_collections.ConfigDict(dict(
+        name="warmup_cosine", warmup_steps=100, end_learning_rate_factor=0.0))
+    config.mesh_shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    config.sharding = ml_collections.ConfigDict(dict(min_fsdp_size=2**18))
+    return config
+
+
+def vit_model(name: str, num_classes: int, **fields) -> ml_collections.ConfigDict:
+    """``config.model`` for a ViT: the variant name plus every commonly overridden field of
+    ``vit.VisionTransformer`` (so ``--config.model.<field>=...`` works on a locked config);
+    ``fields`` override these defaults or add the variant's size fields."""
+    model = ml_collections.ConfigDict(dict(
+        name=name,
+        num_classes=num_classes,
+        image_size=224,
+        num_channels=3,
+        classifier="token",
+        representation_size=ml_collections.FieldReference(None, field_type=int),
+        distillation_token=False,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        remat_policy="none",
+        scan_layers=False,
+        attention_implementation="xla",
+    ))
+    model.update(fields)
+    return model
+
+
+def transformer_model(name: str, vocab_size: int, **fields) -> ml_collections.ConfigDict:
+    """``config.model`` for the seq2seq Transformer, with its commonly overridden fields."""
+    model = ml_collections.ConfigDict(dict(
+        name=name,
+        vocab_size=vocab_size,
+        max_length=256,
+        share_embeddings=False,
+        logits_via_embedding=False,
+        position_embedding="sinusoidal",
+        norm_placement="post",
+        activation="relu",
+        dropout_rate=0.1,
+        attention_dropout_rate=0.0,
+        remat_policy="none",
+        scan_layers=False,
+        attention_implementation="xla",
+    ))
+    model.update(fields)
+    return model

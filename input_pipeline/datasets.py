@@ -1,0 +1,86 @@
+"""Data sources by name: TFDS catalogue datasets (ArrayRecord), ``digits`` and synthetic tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from input_pipeline import digits, synthetic_seq2seq
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not prepared in the data directory (and cannot be downloaded here)."""
+
+
+def _not_found(name: str, split: str, data_dir: str | None, cause: Exception) -> DatasetNotFoundError:
+    where = data_dir or digits.default_data_dir()
+    base = name.split("/")[0].split(":")[0]
+    return DatasetNotFoundError(
+        f"dataset {name!r} (split {split!r}) is not prepared in data_dir={where!r} and this "
+        "machine does not download data at run time. On a connected machine run:\n"
+        f"  pip install -e '.[prepare]'   # TensorFlow is needed to prepare most datasets\n"
+        f"  tfds build {base} --file_format=array_record --data_dir=/some/dir\n"
+        f"then copy /some/dir/{base} to {where}/{base} (or pass "
+        f"--config.dataset.data_dir=<the copied parent>). Cause: {type(cause).__name__}: "
+        f"{cause}")
+
+
+def import_builder_module(name: str) -> bool:
+    """Imports the TFDS module that defines ``name`` when TFDS did not register it itself.
+
+    Without TensorFlow, TFDS skips whole catalogue packages whose ``__init__`` imports a
+    TensorFlow-only dataset (``translate/`` does), although most of their builders need no
+    TensorFlow. Modules are looked up by the name's first word (``wmt14_translate`` ->
+    ``translate/wmt14.py``). Returns whether a module was imported.
+    """
+    import importlib
+    import pathlib
+
+    import tensorflow_datasets as tfds
+
+    stem = name.split("/")[0].split(":")[0]
+    root = pathlib.Path(tfds.__file__).parent
+    for candidate in (stem, stem.split("_")[0]):
+        for path in sorted(root.glob(f"*/{candidate}.py")):
+            module = f"tensorflow_datasets.{path.parent.name}.{path.stem}"
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                continue
+            return True
+    return False
+
+
+def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any) -> Any:
+    """A random-access source (``__len__``, ``__getitem__``) for grain.
+
+    - ``"digits"``: scikit-learn's digits, prepared locally on first use.
+    - ``"synthetic/<task>"``: ``Seq2SeqTaskSource(task, split, **kwargs)``.
+    - any other name: ``tfds.data_source(name, split=split, data_dir=data_dir)``, which must
+      already be prepared as ArrayRecord; otherwise ``DatasetNotFoundError`` says how.
+    """
+    if name.startswith("synthetic/"):
+        return synthetic_seq2seq.Seq2SeqTaskSource(name.split("/", 1)[1], split, **kwargs)
+    if kwargs:
+        raise ValueError(f"dataset {name!r} takes no source_kwargs; got {sorted(kwargs)}")
+    if name == "digits":
+        data_dir = digits.prepare_digits(data_dir)
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as error:
+        if not import_builder_module(name):
+            raise ValueError(
+                f"dataset name {name!r} is not in the TFDS catalogue: {error}") from error
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    # Checked before tfds.data_source, which would otherwise try to prepare the dataset.
+    if not builder.is_prepared():
+        raise _not_found(name, split, data_dir, FileNotFoundError(builder.data_dir))
+    if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}; "
+            "grain needs random access: rebuild it with --file_format=array_record")
+    if split not in builder.info.splits and split.split("[")[0] not in builder.info.splits:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
+                         f"{sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split)

@@ -1,0 +1,103 @@
+"""grain loaders: endless shuffled training batches and one padded pass over an eval split.
+
+Both read only this host's shard (``process_index`` of ``process_count``), so on a pod each
+host touches its own examples. Training iterators are grain ``DatasetIterator``s: their
+position is saved with ``grain.checkpoint.CheckpointSave`` (or ``get_state``/``set_state``) and
+a restored iterator yields exactly the batches the original would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def _check_sharding(global_batch_size: int, process_index: int, process_count: int,
+                    field: str) -> int:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count="
+                         f"{process_count})")
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ValueError(f"{field}={global_batch_size} must be a positive multiple of the "
+                         f"number of hosts ({process_count})")
+    return global_batch_size // process_count
+
+
+def _apply(dataset: Any, transforms: Sequence[Any]) -> Any:
+    for transform in transforms:
+        if isinstance(transform, grain.transforms.RandomMap):
+            dataset = dataset.random_map(transform)
+        else:
+            dataset = dataset.map(transform)
+    return dataset
+
+
+def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequence[Any] = (),
+                      seed: int = 0, process_index: int = 0, process_count: int = 1,
+                      worker_count: int = 0) -> Any:
+    """Endless host-local batches ``{key: [global_batch_size // process_count, ...]}``.
+
+    Each host takes every ``process_count``-th example (its shard), reshuffled every epoch
+    from ``seed``; random transforms draw from per-example seeds, so the stream depends only
+    on ``seed`` and the host. ``worker_count > 0`` moves the transforms to that many
+    processes. Returns a grain ``IterDataset``; ``iter()`` of it is the checkpointable iterator.
+    """
+    local_batch = _check_sharding(global_batch_size, process_index, process_count,
+                                  "batch_size")
+    if len(source) < process_count:
+        raise ValueError(f"the dataset has {len(source)} examples, fewer than the "
+                         f"{process_count} hosts")
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    if len(dataset) < local_batch:
+        raise ValueError(f"this host's shard has {len(dataset)} examples, fewer than one batch "
+                         f"of {local_batch}: lower batch_size")
+    dataset = dataset.seed(seed).shuffle().repeat(None)
+    dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
+    iterable = dataset.to_iter_dataset()
+    if worker_count > 0:
+        iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iterable
+
+
+def _pad_batch(examples: list[dict[str, np.ndarray]], batch_size: int,
+               template: dict[str, np.ndarray]) -> Batch:
+    real = len(examples)
+    batch = {k: np.stack([e[k] for e in examples]) if real else
+             np.zeros((0, *np.shape(template[k])), np.asarray(template[k]).dtype)
+             for k in template}
+    pad = batch_size - real
+    if pad:
+        batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+                 for k, v in batch.items()}
+    batch["mask"] = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
+    return batch
+
+
+def make_eval_batches(source: Any, *, global_batch_size: int, transforms: Sequence[Any] = (),
+                      process_index: int = 0, process_count: int = 1,
+                      seed: int = 0) -> Iterator[Batch]:
+    """One pass over this host's shard in order; nothing is dropped.
+
+    The last batch is padded with zeros to full size and every batch has ``mask`` float32
+    ``[batch]`` (1 = real example). All hosts yield the same number of batches (padding with
+    fully masked ones when shards are uneven), so collective evaluation never waits forever.
+    """
+    local_batch = _check_sharding(global_batch_size, process_index, process_count,
+                                  "eval_batch_size")
+    total = len(source)
+    if total == 0:
+        raise ValueError("the eval split is empty")
+    largest_shard = -(-total // process_count)
+    num_batches = -(-largest_shard // local_batch)
+    dataset = _apply(grain.MapDataset.source(source)[process_index::process_count].seed(seed),
+                     transforms)
+    template = dataset[0] if len(dataset) else _apply(
+        grain.MapDataset.source(source).seed(seed), transforms)[0]
+    for start in range(0, num_batches * local_batch, local_batch):
+        examples = [dataset[i] for i in range(start, min(start + local_batch, len(dataset)))]
+        yield _pad_batch(examples, local_batch, template)

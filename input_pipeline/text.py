@@ -1,0 +1,200 @@
+"""Text: sentencepiece and HF ``tokenizers`` vocabularies, padding, packing, length buckets.
+
+Token conventions match ``transformer``: ``PAD = 0``, ``EOS = 1``. Sentencepiece models are
+trained with those ids (``pad_id=0, eos_id=1, unk_id=2``, no BOS), as in Flax's WMT example.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- vocabularies
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str, *,
+                        max_sentences: int = 1_000_000, character_coverage: float = 1.0,
+                        model_type: str = "unigram") -> str:
+    """Trains a sentencepiece model on ``texts``; writes ``model_path`` (+ ``.vocab``)."""
+    import sentencepiece as spm
+
+    if vocab_size < 4:
+        raise ValueError(f"vocab_size={vocab_size} must be >= 4")
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)) or ".", exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        count = 0
+        for text in texts:
+            line = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+            line = line.replace("\n", " ").strip()
+            if line:
+                f.write(line + "\n")
+                count += 1
+            if count >= max_sentences:
+                break
+        corpus = f.name
+    if count == 0:
+        raise ValueError("train_sentencepiece got no non-empty text")
+    prefix = model_path[:-6] if model_path.endswith(".model") else model_path
+    try:
+        spm.SentencePieceTrainer.train(
+            input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+            bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+    finally:
+        os.unlink(corpus)
+    if prefix + ".model" != model_path:
+        os.replace(prefix + ".model", model_path)
+    return model_path
+
+
+class SentencePieceTokenizer:
+    """``encode(text) -> ids`` (no EOS) and ``decode(ids) -> text`` (stops at EOS)."""
+
+    def __init__(self, model_path: str) -> None:
+        import sentencepiece as spm
+
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"sentencepiece model {model_path!r} does not exist")
+        self.model_path = model_path
+        self.processor = spm.SentencePieceProcessor(model_file=model_path)
+        self.vocab_size = self.processor.get_piece_size()
+
+    def encode(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self.processor.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        return self.processor.decode([i for i in ids if i != PAD_ID])
+
+
+def load_hf_tokenizer(tokenizer_json: str) -> Any:
+    """A HuggingFace ``tokenizers.Tokenizer`` from its ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    if not os.path.exists(tokenizer_json):
+        raise FileNotFoundError(f"tokenizer file {tokenizer_json!r} does not exist")
+    return Tokenizer.from_file(tokenizer_json)
+
+
+# ----------------------------------------------------------------------------- lengths
+def pad_to_length(ids: Sequence[int], length: int, *, append_eos: bool = True) -> np.ndarray:
+    """``ids`` (+ EOS), truncated to ``length`` (EOS kept last) and zero-padded: int32."""
+    ids = list(ids)[: length - 1 if append_eos else length]
+    if append_eos:
+        ids.append(EOS_ID)
+    out = np.zeros((length,), np.int32)
+    out[: len(ids)] = ids
+    return out
+
+
+class TokenizeTranslation(grain.transforms.Map):
+    """``{source_key: text, target_key: text}`` -> ``{"inputs", "targets"}`` int32 ``[max_length]``."""
+
+    def __init__(self, tokenizer: SentencePieceTokenizer, source_key: str, target_key: str,
+                 max_length: int) -> None:
+        self.tokenizer, self.source_key, self.target_key = tokenizer, source_key, target_key
+        self.max_length = max_length
+
+    def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {
+            "inputs": pad_to_length(self.tokenizer.encode(example[self.source_key]),
+                                    self.max_length),
+            "targets": pad_to_length(self.tokenizer.encode(example[self.target_key]),
+                                     self.max_length),
+        }
+
+
+def pack_examples(examples: Iterable[dict[str, np.ndarray]], length: int,
+                  keys: Sequence[str] = ("inputs", "targets")) -> Iterator[dict[str, np.ndarray]]:
+    """Greedily packs short examples into rows of ``length`` tokens (Flax WMT's layout).
+
+    Each output row has, per key, the concatenated tokens, ``<key>_segmentation`` (1, 2, ... per
+    packed example, 0 for padding) and ``<key>_position`` (position inside its example).
+    Inputs are zero-padded sequences; their non-zero prefix is what gets packed. An example
+    longer than ``length`` is truncated.
+    """
+
+    def empty():
+        row = {}
+        for key in keys:
+            row[key] = np.zeros(length, np.int32)
+            row[f"{key}_segmentation"] = np.zeros(length, np.int32)
+            row[f"{key}_position"] = np.zeros(length, np.int32)
+        return row, {key: 0 for key in keys}, 0
+
+    row, fill, segments = empty()
+    for example in examples:
+        pieces = {key: np.trim_zeros(np.asarray(example[key]), "b")[:length] for key in keys}
+        if segments and any(fill[k] + len(pieces[k]) > length for k in keys):
+            yield row
+            row, fill, segments = empty()
+        segments += 1
+        for key in keys:
+            start, piece = fill[key], pieces[key]
+            row[key][start:start + len(piece)] = piece
+            row[f"{key}_segmentation"][start:start + len(piece)] = segments
+            row[f"{key}_position"][start:start + len(piece)] = np.arange(len(piece))
+            fill[key] = start + len(piece)
+    if segments:
+        yield row
+
+
+def bucket_by_length(examples: Iterable[dict[str, np.ndarray]], bucket_boundaries: Sequence[int],
+                     batch_sizes: Sequence[int], key: str = "inputs"
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """Batches examples of similar length together, each bucket trimmed to its boundary.
+
+    ``batch_sizes[i]`` examples of length ``<= bucket_boundaries[i]`` form one batch (pick
+    sizes so that every bucket holds about the same number of tokens: batching by token
+    count). Partial buckets are flushed at the end.
+    """
+    if len(batch_sizes) != len(bucket_boundaries):
+        raise ValueError("bucket_by_length needs one batch size per bucket boundary; got "
+                         f"{len(batch_sizes)} sizes for {len(bucket_boundaries)} boundaries")
+    buckets: list[list[dict[str, np.ndarray]]] = [[] for _ in bucket_boundaries]
+
+    def emit(index):
+        bound = bucket_boundaries[index]
+        batch = {k: np.stack([np.asarray(e[k])[:bound] for e in buckets[index]])
+                 for k in buckets[index][0]}
+        buckets[index] = []
+        return batch
+
+    for example in examples:
+        length = int(np.count_nonzero(example[key]))
+        index = next((i for i, b in enumerate(bucket_boundaries) if length <= b), None)
+        if index is None:
+            raise ValueError(f"an example of length {length} exceeds the largest bucket "
+                             f"boundary {bucket_boundaries[-1]}")
+        buckets[index].append(example)
+        if len(buckets[index]) == batch_sizes[index]:
+            yield emit(index)
+    for index in range(len(buckets)):
+        if buckets[index]:
+            yield emit(index)
+
+
+def load_or_train_sentencepiece(model_path: str, source: Any, keys: Sequence[str],
+                                vocab_size: int, max_sentences: int = 1_000_000
+                                ) -> SentencePieceTokenizer:
+    """The tokenizer at ``model_path``; trained first on ``source``'s ``keys`` texts (one shared
+    vocabulary, as in the paper) when the file does not exist yet."""
+    if not os.path.exists(model_path):
+        def texts():
+            for index in range(min(len(source), max_sentences)):
+                example = source[index]
+                for key in keys:
+                    yield example[key]
+
+        train_sentencepiece(texts(), vocab_size, model_path, max_sentences=max_sentences)
+    return SentencePieceTokenizer(model_path)

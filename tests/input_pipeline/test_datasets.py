@@ -1,0 +1,67 @@
+"""TFDS sources: the local digits dataset, the catalogue path offline, clear errors."""
+
+import numpy as np
+import pytest
+
+from input_pipeline import DatasetNotFoundError, get_source
+from input_pipeline.digits import split_indices
+from input_pipeline.fake_data import build_fake_dataset
+
+
+def test_digits_splits_fixed_disjoint_and_complete(digits_dir):
+    train, test = get_source("digits", "train", digits_dir), get_source("digits", "test",
+                                                                         digits_dir)
+    assert (len(train), len(test)) == (1438, 359)
+    indices = split_indices()
+    assert not set(indices["train"]) & set(indices["test"])
+    assert len(set(indices["train"]) | set(indices["test"])) == 1797
+    np.testing.assert_array_equal(indices["test"], split_indices()["test"])  # deterministic
+    example = train[0]
+    assert example["image"].shape == (8, 8, 1) and example["image"].dtype == np.uint8
+    labels = np.array([test[i]["label"] for i in range(len(test))])
+    assert set(labels) == set(range(10))  # stratified: every class in the test split
+    images = np.stack([train[i]["image"] for i in range(50)])
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_digits_examples_match_sklearn(digits_dir):
+    """The stored test split holds exactly sklearn's images and labels at the split's indices
+    (TFDS stores a split in its own shuffled order)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    source = get_source("digits", "test", digits_dir)
+    stored = sorted((source[i]["image"].tobytes(), int(source[i]["label"]))
+                    for i in range(len(source)))
+    expected = sorted(
+        (np.round(digits.images[i] * 255 / 16).astype(np.uint8)[..., None].tobytes(),
+         int(digits.target[i])) for i in split_indices()["test"])
+    assert stored == expected
+
+
+def test_missing_catalogue_dataset_names_it_and_how_to_prepare(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        get_source("cifar10", "train", str(tmp_path))
+    message = str(error.value)
+    assert "'cifar10'" in message and str(tmp_path) in message
+    assert "tfds build cifar10 --file_format=array_record" in message
+    assert not list(tmp_path.iterdir())  # nothing written while failing
+
+
+@pytest.mark.parametrize("name, check", [
+    ("cifar10", lambda e: e["image"].shape == (32, 32, 3) and 0 <= e["label"] < 10),
+    ("wmt14_translate/de-en", lambda e: isinstance(e["en"], (bytes, str)) and len(e["de"]) > 0),
+])
+def test_catalogue_dataset_through_the_real_tfds_path_offline(tmp_path, name, check):
+    """A catalogue dataset prepared offline with random content, read by tfds.data_source."""
+    build_fake_dataset(name, str(tmp_path), {"train": 6, "test": 3})
+    source = get_source(name, "train", str(tmp_path))
+    assert len(source) == 6 and check(source[2])
+    assert len(get_source(name, "test", str(tmp_path))) == 3
+
+
+def test_unknown_split_and_name(digits_dir):
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        get_source("digits", "validation", digits_dir)
+    with pytest.raises(ValueError, match="not in the TFDS catalogue"):
+        get_source("no_such_dataset_xyz", "train", digits_dir)

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from input_pipeline.text import (
+    EOS_ID,
+    SentencePieceTokenizer,
+    TokenizeTranslation,
+    bucket_by_length,
+    pack_examples,
+    pad_to_length,
+    train_sentencepiece,
+)
+
+CORPUS = [f"the {adj} cat sat on the {noun} number {i}" for i, (adj, noun) in enumerate(
+    [("big", "mat"), ("small", "chair"), ("red", "table"), ("old", "sofa")] * 30)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("spm") / "vocab.model")
+    return SentencePieceTokenizer(train_sentencepiece(CORPUS, 60, path))
+
+
+def test_sentencepiece_round_trip_and_special_ids(tokenizer):
+    ids = tokenizer.encode("the red cat sat on the sofa")
+    assert ids and 0 not in ids and EOS_ID not in ids
+    assert tokenizer.decode(ids + [EOS_ID, 7, 8]) == "the red cat sat on the sofa"
+    assert tokenizer.processor.pad_id() == 0 and tokenizer.processor.eos_id() == 1
+
+
+def test_unknown_characters_do_not_crash(tokenizer):
+    ids = tokenizer.encode("the ☃ cat")
+    assert 2 in ids  # UNK
+    assert isinstance(tokenizer.decode(ids), str)
+
+
+def test_pad_to_length_truncates_and_keeps_eos():
+    np.testing.assert_array_equal(pad_to_length([5, 6], 5), [5, 6, EOS_ID, 0, 0])
+    np.testing.assert_array_equal(pad_to_length(range(3, 10), 4), [3, 4, 5, EOS_ID])
+
+
+def test_tokenize_translation(tokenizer):
+    out = TokenizeTranslation(tokenizer, "en", "de", 12).map({"en": b"the cat", "de": "the mat"})
+    assert out["inputs"].shape == (12,) and out["inputs"].dtype == np.int32
+    assert tokenizer.decode(out["targets"]) == "the mat"
+
+
+def test_packing_keeps_every_token_with_segments_and_positions():
+    examples = [{"inputs": np.array([3, 4, 1, 0, 0]), "targets": np.array([5, 1, 0, 0, 0])},
+                {"inputs": np.array([6, 1, 0, 0, 0]), "targets": np.array([7, 8, 1, 0, 0])},
+                {"inputs": np.array([9, 9, 9, 9, 1]), "targets": np.array([2, 1, 0, 0, 0])}]
+    rows = list(pack_examples(examples, length=6))
+    assert len(rows) == 2
+    np.testing.assert_array_equal(rows[0]["inputs"], [3, 4, 1, 6, 1, 0])
+    np.testing.assert_array_equal(rows[0]["inputs_segmentation"], [1, 1, 1, 2, 2, 0])
+    np.testing.assert_array_equal(rows[0]["targets_position"], [0, 1, 0, 1, 2, 0])
+    np.testing.assert_array_equal(rows[1]["inputs"], [9, 9, 9, 9, 1, 0])
+    total = sum(int(np.count_nonzero(r["inputs"])) for r in rows)
+    assert total == sum(int(np.count_nonzero(e["inputs"])) for e in examples)
+
+
+def test_length_buckets_group_similar_lengths():
+    rng = np.random.default_rng(0)
+    examples = []
+    for _ in range(40):
+        n = int(rng.integers(1, 12))
+        row = np.zeros(12, np.int32)
+        row[:n] = 5
+        examples.append({"inputs": row})
+    batches = list(bucket_by_length(examples, [4, 8, 12], [8, 4, 2]))
+    assert sum(len(b["inputs"]) for b in batches) == 40
+    for batch in batches:
+        width = batch["inputs"].shape[1]
+        assert width in (4, 8, 12)
+        assert np.all(np.count_nonzero(batch["inputs"], axis=1) <= width)
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        list(bucket_by_length(examples, [4], [2]))

@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs.common import base_config
+from trainer.optimizers import make_optimizer, make_schedule, weight_decay_mask
+
+
+def _schedule(name, warmup=10, total=100, base=1.0, end=0.0):
+    config = ml_collections.ConfigDict(dict(name=name, warmup_steps=warmup,
+                                            end_learning_rate_factor=end))
+    return make_schedule(config, base, total)
+
+
+def test_warmup_then_cosine():
+    lr = _schedule("warmup_cosine")
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0)
+    assert float(lr(55)) == pytest.approx(0.5, abs=1e-6)
+    assert float(lr(100)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_warmup_then_linear_to_end_factor():
+    lr = _schedule("warmup_linear", end=0.1)
+    assert float(lr(55)) == pytest.approx(0.55)
+    assert float(lr(100)) == pytest.approx(0.1)
+
+
+def test_inverse_square_root_schedule_of_the_paper():
+    lr = _schedule("warmup_rsqrt", warmup=4000, total=100_000)
+    assert float(lr(2000)) == pytest.approx(0.5)
+    assert float(lr(4000)) == pytest.approx(1.0)
+    assert float(lr(16000)) == pytest.approx(0.5)
+
+
+def test_no_weight_decay_on_biases_norms_embeddings():
+    params = {"embedding": {"kernel": 1, "bias": 1}, "cls": 1,
+              "Transformer": {"posembed_input": {"pos_embedding": 1},
+                              "LayerNorm_0": {"scale": 1, "bias": 1},
+                              "Dense_0": {"kernel": 1}},
+              "token_embed": {"embedding": 1}}
+    mask = weight_decay_mask(params)
+    assert mask["embedding"]["kernel"] and mask["Transformer"]["Dense_0"]["kernel"]
+    assert not mask["embedding"]["bias"] and not mask["cls"]
+    assert not mask["Transformer"]["posembed_input"]["pos_embedding"]
+    assert not mask["Transformer"]["LayerNorm_0"]["scale"]
+    assert not mask["token_embed"]["embedding"]
+
+
+def test_adamw_decays_kernels_only_and_clips():
+    config = base_config()
+    config.optimizer.weight_decay = 0.5
+    config.optimizer.learning_rate = 0.1
+    config.schedule.name = "constant"
+    tx, _ = make_optimizer(config, total_steps=10)
+    params = {"kernel": jnp.ones((2,)), "bias": jnp.ones((2,))}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_unknown_optimizer_and_bad_warmup():
+    config = base_config()
+    config.optimizer.name = "lamb"
+    with pytest.raises(ValueError, match="optimizer.name"):
+        make_optimizer(config, 10)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _schedule("warmup_cosine", warmup=200, total=100)

@@ -1,0 +1,33 @@
+"""Checks of a training config before anything is built: clear errors naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REQUIRED = ("task", "seed", "model", "dataset", "batch_size", "eval_batch_size",
+            "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+            "keep_checkpoints", "optimizer", "schedule", "mesh_shape", "sharding")
+POSITIVE_INTS = ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps",
+                 "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+
+
+def validate(config: Any) -> None:
+    """Raise ``ValueError`` naming the field, its value and what is expected."""
+    missing = [name for name in REQUIRED if name not in config]
+    if missing:
+        raise ValueError(f"config is missing the field(s) {missing}")
+    for name in POSITIVE_INTS:
+        value = config[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config.{name}={value!r} must be a positive integer")
+    learning_rate = config.optimizer.get("learning_rate")
+    if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+        raise ValueError(f"config.optimizer.learning_rate={learning_rate!r} must be > 0")
+    smoothing = config.get("label_smoothing", 0.0)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"config.label_smoothing={smoothing!r} must be in [0, 1)")
+    stop = config.get("stop_after_step")
+    if stop is not None and not 0 < stop <= config.num_train_steps:
+        raise ValueError(
+            f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
+            f"{config.num_train_steps}] or None")

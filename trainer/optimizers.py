@@ -1,0 +1,100 @@
+"""optax optimizers and learning-rate schedules built from a config.
+
+``config.optimizer``: ``name`` (``adamw``/``adam``/``sgd``), ``learning_rate``, ``b1``, ``b2``,
+``eps``, ``momentum``, ``nesterov``, ``weight_decay``, ``grad_clip_norm``, ``accum_steps``.
+``config.schedule``: ``name`` (``warmup_cosine``, ``warmup_linear``, ``warmup_rsqrt``,
+``constant``), ``warmup_steps``, ``end_learning_rate_factor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_rsqrt", "constant")
+
+
+def make_schedule(schedule_config: Any, base_learning_rate: float,
+                  total_steps: int) -> optax.Schedule:
+    """Learning rate per step.
+
+    ``warmup_rsqrt`` is the schedule of "Attention Is All You Need" (eq. 3) scaled so that it
+    peaks at ``base_learning_rate`` at the end of warmup: lr·min(step/warmup, √(warmup/step)).
+    """
+    name = schedule_config.name
+    warmup = int(schedule_config.get("warmup_steps", 0))
+    end_factor = float(schedule_config.get("end_learning_rate_factor", 0.0))
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule.name={name!r} is not supported; expected one of {SCHEDULES}")
+    if warmup < 0 or (warmup >= total_steps and name != "constant" and total_steps > 0
+                      and name != "warmup_rsqrt"):
+        raise ValueError(
+            f"schedule.warmup_steps={warmup} must be in [0, num_train_steps={total_steps})"
+        )
+    if name == "constant":
+        return optax.constant_schedule(base_learning_rate)
+    if name == "warmup_rsqrt":
+        warmup = max(warmup, 1)
+
+        def rsqrt(step):
+            step = jnp.maximum(step, 1).astype(jnp.float32)
+            return base_learning_rate * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+
+        return rsqrt
+    decay_steps = max(total_steps - warmup, 1)
+    end_value = base_learning_rate * end_factor
+    if name == "warmup_cosine":
+        decay = optax.cosine_decay_schedule(base_learning_rate, decay_steps,
+                                            alpha=end_factor)
+    else:
+        decay = optax.linear_schedule(base_learning_rate, end_value, decay_steps)
+    if warmup == 0:
+        return decay
+    warm = optax.linear_schedule(0.0, base_learning_rate, warmup)
+    return optax.join_schedules([warm, decay], [warmup])
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True for weight matrices only: no decay on biases, norms, embeddings and tokens.
+
+    Every leaf named ``kernel`` decays (dense, attention and patch-embedding kernels); the
+    rest — ``bias``, LayerNorm ``scale``, ``embedding`` tables, ``pos_embedding``, ``cls`` —
+    does not, as in BERT, DeiT and big_vision.
+    """
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
+
+
+def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                           optax.Schedule]:
+    """The optimizer of ``config.optimizer`` with the schedule of ``config.schedule``.
+
+    Gradient accumulation (``optimizer.accum_steps``) happens inside the train step, over
+    micro-batches of one global batch (``trainer.steps``), so a step is always one update.
+    """
+    opt = config.optimizer
+    name = opt.name
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={name!r} is not supported; expected one of {OPTIMIZERS}")
+    schedule = make_schedule(config.schedule, float(opt.learning_rate), total_steps)
+    chain = []
+    if opt.get("grad_clip_norm"):
+        chain.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+    if name in ("adamw", "adam"):
+        chain.append(optax.scale_by_adam(b1=float(opt.get("b1", 0.9)),
+                                         b2=float(opt.get("b2", 0.999)),
+                                         eps=float(opt.get("eps", 1e-8))))
+    else:
+        momentum = float(opt.get("momentum", 0.9))
+        if momentum:
+            chain.append(optax.trace(decay=momentum, nesterov=bool(opt.get("nesterov", False))))
+    weight_decay = float(opt.get("weight_decay", 0.0))
+    if weight_decay:
+        # Decoupled decay (AdamW), scaled by the learning rate as in optax.adamw.
+        chain.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
+    chain.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*chain), schedule

@@ -1,0 +1,140 @@
+"""Devices and hosts: multi-host start-up, the device mesh and the sharding rules.
+
+One ``jax.sharding.Mesh`` spans every device of every host with two axes, ``data`` and
+``fsdp``. Batches are split along both (pure data parallelism when ``fsdp`` is 1). Parameters
+and optimizer state are replicated, or — the FSDP rule — a leaf with at least
+``min_fsdp_size`` elements is split along ``fsdp`` on its largest divisible dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Calls ``jax.distributed.initialize`` when this is a multi-host run.
+
+    Explicit arguments win; otherwise JAX auto-detects TPU pods and SLURM/Open MPI clusters.
+    A single process with no cluster environment is left alone.
+    """
+    explicit = coordinator_address is not None or num_processes is not None
+    if explicit:
+        if None in (coordinator_address, num_processes, process_id):
+            raise ValueError(
+                "multi-host runs need all of --coordinator_address, --num_processes and "
+                f"--process_id; got {coordinator_address!r}, {num_processes!r}, {process_id!r}"
+            )
+        if jax.default_backend() == "cpu" or jax.config.jax_platforms in ("cpu",):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif _cluster_detected():
+        jax.distributed.initialize()
+    logging.info(
+        "process %d of %d; %d local / %d global devices",
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+    )
+
+
+def _cluster_detected() -> bool:
+    import os
+
+    return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                                         "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def make_mesh(mesh_shape: dict[str, int]) -> Mesh:
+    """A mesh over all devices with axes ``MESH_AXES``; one size may be -1 (the rest).
+
+    Raises ``ValueError`` when the sizes do not multiply to the device count.
+    """
+    unknown = set(mesh_shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh_shape has unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    sizes = [int(mesh_shape.get(axis, 1)) for axis in MESH_AXES]
+    devices = jax.device_count()
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh_shape={dict(mesh_shape)}: at most one axis may be -1")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if known < 1 or devices % known:
+            raise ValueError(
+                f"mesh_shape={dict(mesh_shape)} does not divide the {devices} devices"
+            )
+        sizes[sizes.index(-1)] = devices // known
+    if math.prod(sizes) != devices or min(sizes) < 1:
+        raise ValueError(
+            f"mesh_shape={dict(mesh_shape)} gives {math.prod(sizes)} devices but there are "
+            f"{devices}; the axis sizes must multiply to the device count"
+        )
+    return jax.make_mesh(tuple(sizes), MESH_AXES,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every device."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _leaf_spec(shape: tuple[int, ...], fsdp_size: int, min_fsdp_size: int) -> PartitionSpec:
+    if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_fsdp_size:
+        return PartitionSpec()
+    # Largest dimension that divides evenly; ties go to the last (usually the output) axis.
+    candidates = [(dim, i) for i, dim in enumerate(shape) if dim % fsdp_size == 0]
+    if not candidates:
+        return PartitionSpec()
+    _, axis = max(candidates)
+    spec = [None] * len(shape)
+    spec[axis] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, min_fsdp_size: int) -> Any:
+    """``NamedSharding`` for every leaf of a (shape-only) train state by the FSDP rule."""
+    fsdp_size = mesh.shape["fsdp"]
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, _leaf_spec(tuple(leaf.shape), fsdp_size, min_fsdp_size)),
+        abstract_state,
+    )
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "batch_size") -> None:
+    """The global batch must split evenly over devices and hosts."""
+    devices = mesh.devices.size
+    if global_batch_size < 1 or global_batch_size % devices:
+        raise ValueError(
+            f"{field}={global_batch_size} must be a positive multiple of the number of devices "
+            f"({devices})"
+        )
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local numpy batches -> one global array per key, sharded along the batch."""
+    sharding = batch_sharding(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        # 64-bit host data (numpy's default ints) becomes JAX's 32-bit types here, once.
+        if x.dtype == np.int64:
+            x = x.astype(np.int32)
+        elif x.dtype == np.float64:
+            x = x.astype(np.float32)
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(place, local_batch)

@@ -1,0 +1,108 @@
+"""The train state and the jitted train and eval steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from trainer.tasks.base import Task
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint must hold to resume bitwise.
+
+    Attributes:
+      step: number of updates done, int32 scalar.
+      params: trainable parameters.
+      opt_state: optax state.
+      rng: raw PRNG key data ``[2]`` uint32; step ``s`` uses ``fold_in(rng, s)``, so the
+        randomness of a step does not depend on how the run got there.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_state(task: Task, tx: optax.GradientTransformation, seed: int,
+               batch: dict[str, Any]) -> TrainState:
+    init_rng, train_rng = jax.random.split(jax.random.key(seed))
+    params = task.init_params(init_rng, batch)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(train_rng),
+    )
+
+
+def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int):
+    """``[batch, ...]`` -> ``[accum_steps, batch // accum_steps, ...]``.
+
+    Micro-batch ``i`` takes rows ``i, i + accum_steps, ...``: with the batch split over devices
+    in contiguous blocks, every device keeps its own rows and nothing moves between devices.
+    """
+
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]),
+                            0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    accum_steps: int = 1):
+    """``(state, batch, frozen) -> (state, metrics)``; metrics are float32 scalars."""
+
+    def loss_and_grads(params, batch, rng, frozen):
+        return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, frozen)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if accum_steps == 1:
+            (loss, extra), grads = loss_and_grads(state.params, batch, rng, frozen)
+        else:
+            micro_batches = _split_micro_batches(batch, accum_steps)
+
+            def accumulate(carry, inputs):
+                index, micro = inputs
+                (loss, extra), grads = loss_and_grads(
+                    state.params, micro, jax.random.fold_in(rng, index), frozen)
+                return jax.tree.map(jnp.add, carry, (loss, extra, grads)), None
+
+            zeros = jax.tree.map(
+                jnp.zeros_like,
+                jax.eval_shape(lambda: loss_and_grads(
+                    state.params, jax.tree.map(lambda x: x[0], micro_batches), rng, frozen)),
+            )
+            zeros = (zeros[0][0], zeros[0][1], zeros[1])
+            (loss, extra, grads), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(accum_steps), micro_batches))
+            loss, extra, grads = jax.tree.map(lambda x: x / accum_steps, (loss, extra, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "grad_norm": optax.tree.norm(grads),
+            **extra,
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+    return train_step
+
+
+def make_eval_step(task: Task):
+    """``(params, batch, frozen) -> {name: [sum, count]}``."""
+
+    def eval_step(params: Any, batch: dict[str, jax.Array], frozen: Any):
+        return task.eval_sums(params, batch, frozen)
+
+    return eval_step

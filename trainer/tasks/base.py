@@ -1,0 +1,108 @@
+"""The task interface: what the training loop needs to know about an experiment.
+
+A task builds its model and data from the config and supplies the loss and the evaluation
+sums; the loop (``trainer.train``) never looks inside. Adding a task means writing one class
+and decorating it with ``@register_task("name")`` — the loop does not change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator adding a task under ``config.task = name``."""
+
+    def register(cls: type[Task]) -> type[Task]:
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return register
+
+
+def create_task(config: Any) -> Task:
+    """The task named by ``config.task``."""
+    # Importing the task modules registers them.
+    from trainer.tasks import classification, seq2seq  # noqa: F401
+
+    if config.task not in _TASKS:
+        close = difflib.get_close_matches(str(config.task), _TASKS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"task={config.task!r} is unknown{hint}; known: {sorted(_TASKS)}")
+    return _TASKS[config.task](config)
+
+
+class Task:
+    """Base class. Subclasses set ``self.model`` in ``__init__`` and implement the methods.
+
+    Batches are dicts of arrays with a leading ``[batch]`` dimension; evaluation batches also
+    carry ``mask`` ``[batch]`` (1 for real examples, 0 for padding of the last batch).
+    """
+
+    name = "base"
+    model: nn.Module
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    # ---- data -------------------------------------------------------------------------------
+    def train_iterator(self, process_index: int, process_count: int) -> Iterator[Batch]:
+        """Endless host-local training batches with ``get_state``/``set_state``."""
+        raise NotImplementedError
+
+    def eval_batches(self, process_index: int, process_count: int) -> Iterator[Batch]:
+        """One pass over the host's shard of the eval split, last batch padded and masked."""
+        raise NotImplementedError
+
+    def dummy_batch(self, batch_size: int) -> Batch:
+        """A batch of the right shapes and dtypes, for initialisation and shape checks."""
+        raise NotImplementedError
+
+    # ---- model ------------------------------------------------------------------------------
+    def init_params(self, rng: jax.Array, batch: Batch) -> Any:
+        """Trainable parameters for ``batch``'s shapes."""
+        raise NotImplementedError
+
+    def pretrained_params(self, params: Any) -> Any | None:
+        """Parameters to start from instead of ``params`` (host-side, fresh runs only), e.g.
+        a pretrained checkpoint for fine-tuning; None keeps the random initialisation."""
+        return None
+
+    def frozen_variables(self) -> Any:
+        """Non-trainable inputs of the loss (a teacher's parameters); never checkpointed."""
+        return {}
+
+    def loss(self, params: Any, batch: Batch, rng: jax.Array,
+             frozen: Any) -> tuple[jax.Array, Metrics]:
+        """Scalar training loss (mean over the batch) and extra scalar metrics."""
+        raise NotImplementedError
+
+    def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
+        """Per-metric ``[2]`` arrays ``(sum over real examples, number of them)``."""
+        raise NotImplementedError
+
+    def example_count(self, batch: Batch) -> int:
+        return int(next(iter(batch.values())).shape[0])
+
+
+def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """``(sum of values where mask, count of mask)`` as a float32 ``[2]`` array."""
+    mask = mask.astype(jnp.float32)
+    return jnp.stack([jnp.sum(values.astype(jnp.float32) * mask), jnp.sum(mask)])
+
+
+def zeros_like_batch(spec: dict[str, tuple[tuple[int, ...], Any]]) -> Batch:
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}

@@ -1,0 +1,123 @@
+"""Sequence-to-sequence learning with the encoder–decoder Transformer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import input_pipeline
+import input_pipeline.text
+import transformer
+from trainer.tasks import common
+from trainer.tasks.base import Batch, Metrics, Task, masked_sum, register_task
+
+
+def build_transformer(model_config: Any, vocab_size: int, dtype: Any) -> transformer.Transformer:
+    overrides = common.model_overrides(model_config, reserved=("name", "vocab_size"))
+    return transformer.create_transformer(model_config.name, vocab_size, dtype=dtype, **overrides)
+
+
+@register_task("seq2seq")
+class Seq2SeqTask(Task):
+    """Label-smoothed cross-entropy over non-padding target tokens (teacher forcing).
+
+    Evaluation reports token accuracy and exact match. Exact match under teacher forcing
+    equals exact match of greedy decoding: greedy decoding reproduces the target exactly if
+    and only if every teacher-forced argmax is right.
+
+    Config: ``model`` (``name`` of ``transformer.TRANSFORMER_CONFIGS``, ``vocab_size`` and
+    overrides), ``dataset`` (``name`` such as ``synthetic/reverse``, splits, ``source_kwargs``),
+    ``label_smoothing``.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.vocab_size = config.model.vocab_size
+        self.model = build_transformer(config.model, self.vocab_size,
+                                       common.computation_dtype(config))
+        if config.dataset.name.startswith("synthetic/"):
+            # Synthetic examples hold max_len content tokens, a possible carry digit and EOS.
+            self.max_length = config.dataset.source_kwargs.max_len + 2
+        else:
+            self.max_length = config.dataset.get("max_length", self.model.max_length)
+        if self.max_length > self.model.max_length:
+            raise ValueError(
+                f"examples of {self.max_length} tokens exceed config.model.max_length="
+                f"{self.model.max_length}")
+        self._tokenize = None
+
+    def transforms(self) -> list:
+        """None for synthetic tasks; for text datasets, sentencepiece tokenisation to
+        ``max_length`` (training the vocabulary on the train split first if it is missing)."""
+        dataset = self.config.dataset
+        if dataset.name.startswith("synthetic/"):
+            return []
+        if self._tokenize is None:
+            tokenizer = input_pipeline.text.load_or_train_sentencepiece(
+                dataset.vocab_path, common.data_source(self.config, dataset.train_split),
+                (dataset.source_key, dataset.target_key), dataset.vocab_size,
+                dataset.get("vocab_train_sentences", 1_000_000))
+            if tokenizer.vocab_size > self.vocab_size:
+                raise ValueError(
+                    f"the vocabulary {dataset.vocab_path} has {tokenizer.vocab_size} tokens but "
+                    f"config.model.vocab_size={self.vocab_size}")
+            self._tokenize = input_pipeline.text.TokenizeTranslation(
+                tokenizer, dataset.source_key, dataset.target_key, self.max_length)
+        return [self._tokenize]
+
+    def train_iterator(self, process_index: int, process_count: int):
+        return common.train_iterator(self.config, self.transforms(), process_index,
+                                     process_count)
+
+    def eval_batches(self, process_index: int, process_count: int):
+        return common.eval_batches(self.config, self.transforms(), process_index, process_count)
+
+    def check_batch(self, batch: Batch, where: str) -> None:
+        for key in ("inputs", "targets"):
+            tokens = np.asarray(batch[key])
+            if tokens.ndim != 2:
+                raise ValueError(f"{where}: {key} must be [batch, length]; got {tokens.shape}")
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+                raise ValueError(
+                    f"{where}: {key} token ids must be in [0, vocab_size={self.vocab_size}); "
+                    f"got values in [{tokens.min()}, {tokens.max()}]"
+                )
+
+    def dummy_batch(self, batch_size: int) -> Batch:
+        shape = (batch_size, self.max_length)
+        return {"inputs": np.ones(shape, np.int32), "targets": np.ones(shape, np.int32)}
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Any:
+        return self.model.init({"params": rng}, batch["inputs"], batch["targets"])["params"]
+
+    def _token_losses(self, logits: jax.Array, targets: jax.Array,
+                      label_smoothing: float) -> jax.Array:
+        onehot = jax.nn.one_hot(targets, self.model.target_vocab_size)
+        return common.smoothed_cross_entropy(logits, onehot, label_smoothing)
+
+    def loss(self, params: Any, batch: Batch, rng: jax.Array,
+             frozen: Any) -> tuple[jax.Array, Metrics]:
+        logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
+                                  train=True, rngs={"dropout": rng})
+        weights = (batch["targets"] > 0).astype(jnp.float32)
+        losses = self._token_losses(logits, batch["targets"],
+                                    self.config.get("label_smoothing", 0.0))
+        loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        correct = (jnp.argmax(logits, -1) == batch["targets"]) * weights
+        return loss, {"token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1.0)}
+
+    def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
+        targets = batch["targets"]
+        logits = self.model.apply({"params": params}, batch["inputs"], targets, train=False)
+        weights = (targets > 0) & (batch["mask"][:, None] > 0)
+        correct = jnp.argmax(logits, -1) == targets
+        losses = self._token_losses(logits, targets, 0.0)
+        exact = jnp.all(correct | (targets == 0), axis=-1)
+        return {
+            "loss": masked_sum(losses, weights),
+            "token_accuracy": masked_sum(correct, weights),
+            "exact_match": masked_sum(exact, batch["mask"]),
+        }

@@ -1,0 +1,245 @@
+"""The training loop shared by every task.
+
+config -> mesh over all devices of all hosts -> host-local batches placed as one global
+sharded array -> one jitted step (loss, gradients, optax update) -> metrics and orbax
+checkpoints in the workdir. Restarting the same command resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from trainer import checkpointing, config_validation, partitioning
+from trainer.metrics import MetricWriter, truncate_metrics
+from trainer.optimizers import make_optimizer
+from trainer.steps import TrainState, init_state, make_eval_step, make_train_step
+from trainer.tasks import create_task
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM; the loop saves a checkpoint and exits at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint before exiting")
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def anywhere(self) -> bool:
+        """True if any host was asked to stop (all hosts must stop at the same step)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _host_scalars(metric_list: list[dict[str, jax.Array]], first_step: int) -> dict[str, float]:
+    """The metrics of the newest step; raises on the first non-finite loss among all steps.
+
+    Logged values are those of the logged step, not averages over the interval, so a
+    resumed run logs exactly what an uninterrupted one does.
+    """
+    values = jax.device_get(metric_list)
+    for offset, metrics in enumerate(values):
+        if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(
+                f"training loss is {metrics['loss']} at step {first_step + offset + 1}; "
+                "stopping (the last good checkpoint is kept). Lower the learning rate, enable "
+                "grad_clip_norm, or check the data."
+            )
+    return {f"train/{k}": float(v) for k, v in values[-1].items()}
+
+
+def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count) -> dict:
+    """Metrics over the whole eval split (padded last batch masked out) on every host."""
+    totals: dict[str, np.ndarray] = {}
+    for batch in task.eval_batches(process_index, process_count):
+        task.check_batch(batch, "eval batch")
+        sums = eval_step(params, partitioning.global_batch(batch, mesh), frozen)
+        for name, value in jax.device_get(sums).items():
+            totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
+    return {f"eval/{k}": float(v[0] / max(v[1], 1.0)) for k, v in totals.items()}
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+    """Trains ``config``'s task in ``workdir``; returns the final summary.
+
+    Resumes from the newest checkpoint in ``workdir`` when there is one.
+    """
+    config_validation.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    mesh = partitioning.make_mesh(dict(config.mesh_shape))
+    partitioning.check_batch_size(config.batch_size, mesh, "batch_size")
+    partitioning.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    accum_steps = int(config.optimizer.get("accum_steps", 1))
+    if config.batch_size % (accum_steps * mesh.devices.size):
+        raise ValueError(
+            f"batch_size={config.batch_size} must divide into optimizer.accum_steps="
+            f"{accum_steps} micro-batches that each split over {mesh.devices.size} devices")
+
+    task = create_task(config)
+    total_steps = int(config.num_train_steps)
+    tx, schedule = make_optimizer(config, total_steps)
+    frozen = task.frozen_variables()
+
+    dummy = task.dummy_batch(mesh.devices.size)
+    abstract = jax.eval_shape(lambda: init_state(task, tx, config.seed, dummy))
+    shardings = partitioning.state_shardings(abstract, mesh, config.sharding.min_fsdp_size)
+    batch_sharding = partitioning.batch_sharding(mesh)
+    replicated = partitioning.replicated(mesh)
+    fingerprint = checkpointing.params_fingerprint(abstract.params)
+
+    train_iter = iter(task.train_iterator(process_index, process_count))
+    checkpointer = checkpointing.Checkpointer(
+        workdir, keep=config.keep_checkpoints, async_save=config.get("async_checkpoints", True))
+    restored = checkpointer.restore_latest(
+        checkpointing.abstract_with_shardings(abstract, shardings), train_iter, fingerprint)
+    if restored is None:
+        state = jax.jit(lambda: init_state(task, tx, config.seed, dummy),
+                        out_shardings=shardings)()
+        pretrained = task.pretrained_params(jax.device_get(state.params))
+        if pretrained is not None:
+            params = jax.device_put(pretrained, shardings.params)
+            state = state.replace(params=params, opt_state=jax.jit(
+                tx.init, out_shardings=shardings.opt_state)(params))
+        start_step = 0
+        truncate_metrics(workdir, 0)
+    else:
+        state, _ = restored
+        start_step = int(jax.device_get(state.step))
+        truncate_metrics(workdir, start_step)
+
+    frozen = jax.device_put(frozen, replicated)
+    train_step = jax.jit(
+        make_train_step(task, tx, schedule, accum_steps),
+        in_shardings=(shardings, batch_sharding, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(make_eval_step(task),
+                        in_shardings=(shardings.params, batch_sharding, replicated),
+                        out_shardings=replicated)
+
+    writer = MetricWriter(workdir, total_steps, start_step, config.get("progress_bar"))
+    num_params = count_params(abstract.params)
+    if start_step == 0:
+        writer.text(f"task={config.task} model parameters={num_params:,} devices="
+                    f"{jax.device_count()} hosts={process_count}\nconfig:\n{config}")
+        if process_index == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+    else:
+        writer.text(f"resumed from the checkpoint at step {start_step}")
+
+    meta = {"params_fingerprint": fingerprint, "task": config.task}
+    stop_after = config.get("stop_after_step")
+    best_eval: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    pending: list[dict[str, jax.Array]] = []
+    pending_first_step = start_step
+    run_start = time.time()
+    timer_start, timer_step = time.time(), start_step
+    steps_done = 0
+    step = start_step
+
+    def save(at_step: int) -> None:
+        checkpointer.save(at_step, state, train_iter, meta)
+
+    with _PreemptionFlag() as preemption:
+        try:
+            while step < total_steps:
+                batch = next(train_iter)
+                if step == start_step:
+                    task.check_batch(batch, "training batch")
+                state, metrics = train_step(state, partitioning.global_batch(batch, mesh), frozen)
+                step += 1
+                steps_done += 1
+                pending.append(metrics)
+                is_last = step == total_steps
+                log_now = step % config.log_every_steps == 0 or is_last
+                save_now = (step % config.checkpoint_every_steps == 0 or is_last
+                            or step == stop_after)
+                eval_now = step % config.eval_every_steps == 0 or is_last
+                preempted = preemption.anywhere()
+                if log_now or eval_now:
+                    # Also checks that every loss since the last log is finite.
+                    scalars = _host_scalars(pending, pending_first_step)
+                    pending, pending_first_step = [], step
+                    now = time.time()
+                    scalars["train/examples_per_sec"] = (
+                        (step - timer_step) * config.batch_size / max(now - timer_start, 1e-9))
+                    timer_start, timer_step = now, step
+                    if eval_now:
+                        last_eval = evaluate(task, eval_step, state.params, frozen, mesh,
+                                             process_index, process_count)
+                        scalars.update(last_eval)
+                        for key, value in last_eval.items():
+                            better = max if "accuracy" in key or "match" in key else min
+                            best_eval[key] = better(best_eval.get(key, value), value)
+                    writer.write(step, scalars)
+                if save_now or preempted:
+                    if pending:  # never checkpoint a NaN
+                        _host_scalars(pending, pending_first_step)
+                    save(step)
+                if preempted:
+                    writer.text(f"preempted: saved the checkpoint at step {step}; exiting")
+                    break
+                if step == stop_after:
+                    break
+        finally:
+            checkpointer.close()
+            writer.close()
+
+    wall_time = time.time() - run_start
+    summary = {
+        "step": step,
+        "num_params": num_params,
+        "wall_time_sec": wall_time,
+        "examples_per_sec": steps_done * config.batch_size / max(wall_time, 1e-9),
+        "final_eval": last_eval,
+        "best_eval": best_eval,
+    }
+    if process_index == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        writer.text("summary: " + json.dumps(summary, indent=2))
+    return summary
+
+
+def flatten_for_report(tree: Any) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/")
