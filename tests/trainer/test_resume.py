@@ -44,7 +44,8 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, digits_data_dir, make_co
 
 def test_workdir_of_another_model_is_refused(tmp_path, digits_data_dir):
     workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=2), workdir)
+    train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=2,
+                                          **{"schedule.warmup_steps": 1}), workdir)
     wider = tiny_digits_config(digits_data_dir, num_train_steps=4, **{"model.hidden_size": 64})
     with pytest.raises(CheckpointMismatchError, match="different model"):
         train_and_evaluate(wider, workdir)

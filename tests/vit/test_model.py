@@ -1,0 +1,120 @@
+"""VisionTransformer: official sizes, forward behaviour, scan/remat, intermediates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vit
+from vit.checkpoint import flatten_params, stack_blocks, unflatten_params
+
+PUBLISHED = {  # name: (hidden, layers, heads, mlp, patch)
+    "ViT-Ti_16": (192, 12, 3, 768, 16), "ViT-S_16": (384, 12, 6, 1536, 16),
+    "ViT-S_32": (384, 12, 6, 1536, 32), "ViT-B_16": (768, 12, 12, 3072, 16),
+    "ViT-B_32": (768, 12, 12, 3072, 32), "ViT-B_8": (768, 12, 12, 3072, 8),
+    "ViT-L_16": (1024, 24, 16, 4096, 16), "ViT-L_32": (1024, 24, 16, 4096, 32),
+    "ViT-H_14": (1280, 32, 16, 5120, 14),
+}
+PARAMETER_COUNTS = {"ViT-Ti_16": 5_717_416, "ViT-S_16": 22_050_664, "ViT-B_16": 86_567_656,
+                    "ViT-B_32": 88_224_232, "ViT-L_16": 304_326_632}
+MICRO = dict(image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=2,
+             mlp_dim=64)
+
+
+def _count(model, image_size=224):
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, image_size, image_size, 3)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("name", list(PARAMETER_COUNTS))
+def test_parameter_counts_of_official_variants(name):
+    assert _count(vit.create_model(name, 1000)) == PARAMETER_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_sizes(name):
+    model = vit.create_model(name, 1000)
+    hidden, layers, heads, mlp, patch = PUBLISHED[name]
+    assert (model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim,
+            model.patch_size) == (hidden, layers, heads, mlp, patch)
+
+
+def _micro(**overrides):
+    return vit.create_model("ViT-micro", 5, **{**MICRO, **overrides})
+
+
+IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+
+
+def _randomized(params, seed=0):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.1, x.dtype), params)
+
+
+def test_forward_shapes_and_dropout():
+    model = _micro(dropout_rate=0.3)
+    params = _randomized(model.init(jax.random.key(0), IMAGES)["params"])
+    logits = model.apply({"params": params}, IMAGES, train=False)
+    assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+    a = model.apply({"params": params}, IMAGES, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply({"params": params}, IMAGES, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b) and not np.allclose(a, logits)
+    np.testing.assert_allclose(logits, model.apply({"params": params}, IMAGES), rtol=1e-6)
+
+
+def test_head_starts_at_zero_and_gap_has_no_class_token():
+    params = _micro().init(jax.random.key(0), IMAGES)["params"]
+    assert not np.any(params["head"]["kernel"])
+    gap = _micro(classifier="gap").init(jax.random.key(0), IMAGES)["params"]
+    assert "cls" not in gap
+    assert gap["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 16, 32)
+    assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 32)
+
+
+def test_distillation_token_pair_in_training_mean_at_inference():
+    model = _micro(distillation_token=True)
+    params = _randomized(model.init(jax.random.key(0), IMAGES)["params"])
+    assert params["dist_token"].shape == (1, 1, 32) and "head_dist" in params
+    cls_logits, dist_logits = model.apply({"params": params}, IMAGES, train=True)
+    assert not np.allclose(cls_logits, dist_logits)
+    np.testing.assert_allclose(model.apply({"params": params}, IMAGES),
+                               (cls_logits + dist_logits) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(scan_layers=True),
+                                       dict(scan_layers=True, remat_policy="full"),
+                                       dict(remat_policy="dots")])
+def test_scan_and_remat_give_the_same_logits(overrides):
+    base = _micro()
+    params = _randomized(base.init(jax.random.key(0), IMAGES)["params"])
+    other = _micro(**overrides)
+    other_params = params
+    if other.scan_layers:
+        other_params = unflatten_params(stack_blocks(flatten_params(params), 2))
+    expected = base.apply({"params": params}, IMAGES)
+    np.testing.assert_allclose(other.apply({"params": other_params}, IMAGES), expected,
+                               rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: other.apply({"params": p}, IMAGES).sum())(other_params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_intermediates_without_second_pass():
+    model = _micro()
+    params = _randomized(model.init(jax.random.key(0), IMAGES)["params"])
+    logits, state = model.apply({"params": params}, IMAGES, mutable=["intermediates"])
+    np.testing.assert_allclose(logits, model.apply({"params": params}, IMAGES), rtol=1e-6)
+    blocks = state["intermediates"]["Transformer"]
+    for i in range(2):
+        (hidden,) = blocks[f"encoderblock_{i}"]["hidden_state"]
+        (weights,) = blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"][
+            "attention_weights"]
+        assert hidden.shape == (2, 17, 32) and weights.shape == (2, 2, 17, 17)
+    assert state["intermediates"]["pre_logits"][0].shape == (2, 32)
+
+
+def test_bfloat16_computation_keeps_float32_params():
+    model = _micro(dtype=jnp.bfloat16)
+    params = model.init(jax.random.key(0), IMAGES)["params"]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert model.apply({"params": params}, IMAGES).dtype == jnp.float32
