@@ -226,6 +226,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             writer.close()
 
     wall_time = time.time() - run_start
+    finished = step == total_steps
+    report = task.on_train_end(state.params, frozen, workdir, last_eval) if finished else None
     summary = {
         "step": step,
         "num_params": num_params,
@@ -234,6 +236,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "final_eval": last_eval,
         "best_eval": best_eval,
     }
+    if report is not None:
+        summary["report"] = report
     if process_index == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

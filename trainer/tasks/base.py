@@ -36,7 +36,7 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 def create_task(config: Any) -> Task:
     """The task named by ``config.task``."""
     # Importing the task modules registers them.
-    from trainer.tasks import classification, seq2seq  # noqa: F401
+    from trainer.tasks import classification, distillation, seq2seq  # noqa: F401
 
     if config.task not in _TASKS:
         close = difflib.get_close_matches(str(config.task), _TASKS, n=1)
@@ -93,6 +93,12 @@ class Task:
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         """Per-metric ``[2]`` arrays ``(sum over real examples, number of them)``."""
         raise NotImplementedError
+
+    def on_train_end(self, params: Any, frozen: Any, workdir: str,
+                     final_eval: dict[str, float]) -> dict[str, Any] | None:
+        """Called once when training finishes (the parameters as trained, possibly sharded);
+        may write reports into the workdir and return an entry for the summary."""
+        return None
 
     def example_count(self, batch: Batch) -> int:
         return int(next(iter(batch.values())).shape[0])

@@ -1,0 +1,47 @@
+"""Distil a ViT teacher into a smaller ViT student on the offline digits data.
+
+Commands (teacher first, then the student; both offline, on a 2-core CPU):
+  python -m trainer.main --config=configs/vit_digits.py --workdir=workdirs/digits_teacher
+  python -m trainer.main --config=configs/distill_digits.py:soft \
+      --config.distill.teacher_checkpoint=workdirs/digits_teacher --workdir=workdirs/digits_kd
+
+Argument: the method — ``soft`` (Hinton, T=4, α=0.5), ``hard`` (DeiT hard labels),
+``deit_token`` (DeiT distillation token, hard) or ``none`` (the student from scratch).
+The student has a quarter of the teacher's depth and half its width. At the end of the run a
+compression report (parameters, FLOPs, latency, throughput, accuracy of both, top-1 agreement)
+is printed and written to ``compression_report.json``.
+Hardware and time: a 2-core CPU, a few minutes. Expected result: see docs/distillation.md
+(measured by benchmarks/distillation_table.py).
+"""
+
+import ml_collections
+
+from configs import vit_digits
+from configs.common import vit_model
+
+METHODS = ("soft", "hard", "deit_token", "none")
+
+
+def get_config(arg: str | None = "soft"):
+    method = arg or "soft"
+    if method not in METHODS:
+        raise ValueError(f"config argument {method!r} is not one of {METHODS}")
+    config = vit_digits.get_config()
+    config.task = "distillation"
+    teacher = config.model
+    config.model = vit_model(
+        "ViT-micro", num_classes=10, image_size=8, patch_size=2, num_channels=1,
+        hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, dropout_rate=0.0,
+        classifier="token" if method == "deit_token" else "gap",
+        distillation_token=method == "deit_token")
+    config.distill = ml_collections.ConfigDict(dict(
+        method=method,
+        teacher_model=teacher,
+        teacher_checkpoint="workdirs/digits_teacher",
+        temperature=4.0,
+        alpha=0.5,
+        reduction="batchmean",
+        token_type="hard",
+    ))
+    config.report_batch_size = 128
+    return config

@@ -1,0 +1,20 @@
+"""Knowledge-distillation objectives (imports transformer, vit)."""
+
+from distill.losses import (
+    attention_kl,
+    deit_distillation_token_loss,
+    deit_inference_logits,
+    hard_distillation_loss,
+    hidden_state_cosine,
+    hidden_state_mse,
+    hinton_loss,
+    soft_distillation_loss,
+    top1_agreement,
+)
+from distill.projection import FeatureProjection
+
+__all__ = [
+    "FeatureProjection", "attention_kl", "deit_distillation_token_loss", "deit_inference_logits",
+    "hard_distillation_loss", "hidden_state_cosine", "hidden_state_mse", "hinton_loss",
+    "soft_distillation_loss", "top1_agreement",
+]

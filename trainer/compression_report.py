@@ -1,0 +1,95 @@
+"""Size, speed and accuracy of teacher and student: the compression report of a distillation run.
+
+FLOPs come from XLA's cost analysis of the compiled forward pass (what the hardware is asked
+to do, not a formula); latency is the median wall time of repeated jitted calls at a fixed
+batch, measured after compilation and a warm-up call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def compiled_flops(function, *args) -> float:
+    """FLOPs of one call of ``jax.jit(function)(*args)``, from XLA's cost analysis."""
+    compiled = jax.jit(function).lower(*args).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older JAX returns one dict per device program
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def measure_forward(model: Any, params: Any, images: np.ndarray, repeats: int = 10) -> dict:
+    """Parameters, FLOPs per example, latency (ms per batch) and throughput (examples/s)."""
+    def forward(p, x):
+        return model.apply({"params": p}, x, train=False)
+
+    run = jax.jit(forward)
+    jax.block_until_ready(run(params, images))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(params, images))
+        times.append(time.perf_counter() - start)
+    latency = float(np.median(times))
+    batch = images.shape[0]
+    return {
+        "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+        "flops_per_example": compiled_flops(forward, params, images) / batch,
+        "batch_size": batch,
+        "latency_ms_per_batch": 1000.0 * latency,
+        "examples_per_sec": batch / latency,
+    }
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    columns = ["parameters", "flops_per_example", "latency_ms_per_batch", "examples_per_sec",
+               "accuracy"]
+    header = f"{'model':<10}" + "".join(f"{c:>22}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for name, row in rows.items():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            cells.append(f"{'-' if value is None else format(value, ',.4g'):>22}")
+        lines.append(f"{name:<10}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_report(workdir: str, models: dict[str, tuple], images: np.ndarray,
+                 final_eval: dict[str, float]) -> dict[str, Any]:
+    """Measures each ``name: (model, params[, images])``, adds accuracies from ``final_eval``,
+    prints a table and writes ``workdir/compression_report.json``."""
+    rows = {}
+    for name, entry in models.items():
+        model, params = entry[0], entry[1]
+        rows[name] = measure_forward(model, params, entry[2] if len(entry) > 2 else images)
+    rows["student"]["accuracy"] = final_eval.get("eval/accuracy")
+    if "teacher" in rows:
+        rows["teacher"]["accuracy"] = final_eval.get("eval/teacher_accuracy")
+    report = {
+        "models": rows,
+        "top1_agreement": final_eval.get("eval/agreement"),
+        "device": jax.devices()[0].device_kind,
+    }
+    if "teacher" in rows:
+        report["compression"] = {
+            "parameters": rows["teacher"]["parameters"] / rows["student"]["parameters"],
+            "flops": rows["teacher"]["flops_per_example"]
+            / max(rows["student"]["flops_per_example"], 1.0),
+            "speedup": rows["student"]["examples_per_sec"]
+            / rows["teacher"]["examples_per_sec"],
+        }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "compression_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print("compression report:\n" + format_table(rows), flush=True)
+        if report.get("top1_agreement") is not None:
+            print(f"top-1 agreement student/teacher: {report['top1_agreement']:.4f}", flush=True)
+    return report
