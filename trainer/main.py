@@ -10,7 +10,7 @@ detected automatically. Starting the same command again resumes from the last ch
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from trainer import partitioning
@@ -27,6 +27,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # orbax and XLA log every save at INFO; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
     partitioning.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     # Imported after initialisation: building the mesh must see every host's devices.
