@@ -5,7 +5,7 @@ Command:
 
 Data: generated on the fly by ``input_pipeline.synthetic_seq2seq`` (nothing downloaded), with a
 held-out split disjoint from training. Model: the "tiny" Transformer (2+2 layers, width 64),
-pre-LN, Adam β2 = 0.98 with the paper's inverse-square-root schedule.
+pre-LN, Adam β2 = 0.98, warmup then cosine decay.
 Hardware and time: a 2-core CPU, a few minutes.
 Expected result: token accuracy close to 100% on the held-out split for copy and reverse
 (the exact-match target for all four tasks is tracked by the seq2seq issue).
@@ -26,12 +26,15 @@ def get_config(arg: str | None = "reverse"):
         "tiny", vocab_size=16, max_length=24, norm_placement="pre", dropout_rate=0.0,
         share_embeddings=True, logits_via_embedding=True)
     config.dataset.name = f"synthetic/{task}"
-    config.dataset.source_kwargs = dict(num_examples=20_000, min_len=3, max_len=12,
+    # Addition: operands of up to 3 digits ("123+45" is 6 tokens), a harder task given
+    # more steps.
+    max_len = 7 if task == "addition" else 12
+    config.dataset.source_kwargs = dict(num_examples=20_000, min_len=3, max_len=max_len,
                                         vocab_size=16, seed=0)
     config.dataset.eval_split = "test"
     config.batch_size = 128
     config.eval_batch_size = 256
-    config.num_train_steps = 2000
+    config.num_train_steps = 3000 if task == "addition" else 2000
     config.log_every_steps = 100
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 1000
@@ -41,6 +44,10 @@ def get_config(arg: str | None = "reverse"):
     config.optimizer.b2 = 0.98
     config.optimizer.eps = 1e-9
     config.optimizer.grad_clip_norm = 1.0
-    config.schedule.name = "warmup_rsqrt"
+    # The paper's inverse-square-root schedule keeps the rate high to the end, and the
+    # held-out exact match then wobbles by about a point between evaluations (measured: copy
+    # 99.6% at step 1000, 98.3% at step 2000); a cosine decay to zero lands on a converged
+    # model. configs/transformer_wmt14.py keeps the paper's schedule.
+    config.schedule.name = "warmup_cosine"
     config.schedule.warmup_steps = 200
     return config

@@ -74,7 +74,8 @@ class SentencePieceTokenizer:
         ids = [int(i) for i in ids]
         if EOS_ID in ids:
             ids = ids[: ids.index(EOS_ID)]
-        return self.processor.decode([i for i in ids if i != PAD_ID])
+        # A model's vocabulary may be padded beyond the tokenizer's: such ids decode to nothing.
+        return self.processor.decode([i for i in ids if PAD_ID < i < self.vocab_size])
 
 
 def load_hf_tokenizer(tokenizer_json: str) -> Any:

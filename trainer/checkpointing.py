@@ -11,6 +11,7 @@ the previous good one, saying so.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import grain
@@ -121,11 +122,23 @@ class Checkpointer:
                 continue
             if errors:
                 logging.warning("restored the older checkpoint %s after: %s", path, errors)
+                self._set_aside([s for s in steps if s > step])
             return restored["state"], meta
         if errors:
             raise RuntimeError(
                 f"checkpoints exist in {self.directory} but none could be restored: {errors}")
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged checkpoints to ``workdir/damaged_checkpoints`` (kept for inspection,
+        out of the way of the steps the resumed run will save again)."""
+        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            target = os.path.join(aside, f"{step}-{int(time.time())}")
+            os.replace(os.path.join(self.directory, str(step)), target)
+            logging.warning("moved the damaged checkpoint %s to %s", step, target)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -25,6 +25,7 @@ from trainer.metrics import MetricWriter, truncate_metrics
 from trainer.optimizers import make_optimizer
 from trainer.steps import TrainState, init_state, make_eval_step, make_train_step
 from trainer.tasks import create_task
+from trainer.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,10 +99,18 @@ def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Trains ``config``'s task in ``workdir``; returns the final summary.
 
-    Resumes from the newest checkpoint in ``workdir`` when there is one.
+    Resumes from the newest checkpoint in ``workdir`` when there is one. Process 0 holds the
+    workdir's lock for the whole run, so a second run on the same workdir is refused.
     """
     config_validation.validate(config)
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() != 0:
+        return _train_and_evaluate(config, workdir)
+    with WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     process_index, process_count = jax.process_index(), jax.process_count()
     mesh = partitioning.make_mesh(dict(config.mesh_shape))
     partitioning.check_batch_size(config.batch_size, mesh, "batch_size")
@@ -207,9 +216,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     if eval_now:
                         last_eval = evaluate(task, eval_step, state.params, frozen, mesh,
                                              process_index, process_count)
+                        last_eval.update({f"eval/{k}": v for k, v in task.generation_metrics(
+                            state.params, frozen, mesh, process_index, process_count).items()})
                         scalars.update(last_eval)
                         for key, value in last_eval.items():
-                            better = max if "accuracy" in key or "match" in key else min
+                            better = min if key.endswith("loss") else max
                             best_eval[key] = better(best_eval.get(key, value), value)
                     writer.write(step, scalars)
                 if save_now or preempted:

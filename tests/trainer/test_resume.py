@@ -63,3 +63,37 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digit
     params = restore_params(workdir)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     assert max(r["step"] for r in read_metrics(workdir)) < bad_step
+
+
+def test_second_run_on_a_busy_workdir_is_refused(tmp_path, digits_data_dir):
+    from trainer.workdir_lock import WorkdirLock, WorkdirLockedError
+
+    workdir = str(tmp_path / "run")
+    import os
+
+    os.makedirs(workdir)
+    with WorkdirLock(workdir):  # stands for a run in progress
+        with pytest.raises(WorkdirLockedError, match="in use by pid"):
+            train_and_evaluate(tiny_digits_config(digits_data_dir), workdir)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=3), workdir)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, digits_data_dir,
+                                                                   caplog):
+    import logging
+    import os
+
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=4), workdir)
+    # Corrupt every file of the newest checkpoint's state (a disk error, a torn copy).
+    state_dir = os.path.join(workdir, "checkpoints", "4", "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\x00garbage")
+    with caplog.at_level(logging.WARNING):
+        summary = train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=6),
+                                     workdir)
+    assert summary["step"] == 6
+    assert "checkpoints/4" in caplog.text and "older" in caplog.text

@@ -19,8 +19,11 @@ def test_wmt14_base_config_runs_on_mock_data(tmp_path):
         "--config.eval_batch_size=16", "--config.num_train_steps=3",
         "--config.log_every_steps=1", "--config.eval_every_steps=3",
         "--config.checkpoint_every_steps=3", "--config.schedule.warmup_steps=2",
-        "--config.mixed_precision=False", "--config.progress_bar=False")
+        "--config.mixed_precision=False", "--config.progress_bar=False",
+        "--config.bleu_eval_batches=1")
     records = read_metrics(workdir)
     assert [r["step"] for r in records] == [1, 2, 3]
-    assert {"eval/token_accuracy", "eval/exact_match", "eval/loss"} <= set(records[-1])
+    assert {"eval/token_accuracy", "eval/exact_match", "eval/loss", "eval/bleu"} <= set(
+        records[-1])
+    assert 0.0 <= records[-1]["eval/bleu"] <= 100.0
     assert (tmp_path / "spm.model").exists()

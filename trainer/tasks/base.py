@@ -94,6 +94,11 @@ class Task:
         """Per-metric ``[2]`` arrays ``(sum over real examples, number of them)``."""
         raise NotImplementedError
 
+    def generation_metrics(self, params: Any, frozen: Any, mesh: Any, process_index: int,
+                           process_count: int) -> dict[str, float]:
+        """Evaluation that is not a sum over batches (e.g. BLEU of decoded outputs)."""
+        return {}
+
     def on_train_end(self, params: Any, frozen: Any, workdir: str,
                      final_eval: dict[str, float]) -> dict[str, Any] | None:
         """Called once when training finishes (the parameters as trained, possibly sharded);

@@ -75,6 +75,37 @@ class Seq2SeqTask(Task):
     def eval_batches(self, process_index: int, process_count: int):
         return common.eval_batches(self.config, self.transforms(), process_index, process_count)
 
+    def generation_metrics(self, params: Any, frozen: Any, mesh: Any, process_index: int,
+                           process_count: int) -> dict[str, float]:
+        """Corpus BLEU (sacrebleu) of decoded, detokenised outputs against the detokenised
+        references, on the first ``config.bleu_eval_batches`` eval batches of text datasets."""
+        if self._tokenize is None or not self.config.get("bleu_eval_batches", 0):
+            return {}
+        import sacrebleu
+        from jax.experimental import multihost_utils
+
+        from transformer import decoding
+
+        tokenizer = self._tokenize.tokenizer
+        decode = jax.jit(lambda p, x: decoding.decode(
+            self.model, p, x, max_decode_length=self.max_length,
+            strategy=self.config.get("bleu_strategy", "beam"), beam_size=4, alpha=0.6))
+        hypotheses, references = [], []
+        for index, batch in enumerate(self.eval_batches(process_index, process_count)):
+            if index >= self.config.bleu_eval_batches:
+                break
+            tokens = np.asarray(multihost_utils.process_allgather(
+                decode(params, jnp.asarray(batch["inputs"]))))
+            targets = np.asarray(multihost_utils.process_allgather(batch["targets"]))
+            mask = np.asarray(multihost_utils.process_allgather(batch["mask"])) > 0
+            tokens = tokens.reshape(-1, tokens.shape[-1])[mask.reshape(-1)]
+            targets = targets.reshape(-1, targets.shape[-1])[mask.reshape(-1)]
+            hypotheses += [tokenizer.decode(t) for t in tokens]
+            references += [tokenizer.decode(t) for t in targets]
+        if not hypotheses:
+            return {}
+        return {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score)}
+
     def check_batch(self, batch: Batch, where: str) -> None:
         for key in ("inputs", "targets"):
             tokens = np.asarray(batch[key])

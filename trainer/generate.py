@@ -1,0 +1,152 @@
+"""Decode with a trained seq2seq model: one output line per input line.
+
+  python -m trainer.generate --workdir=DIR [--input=FILE] [--strategy=beam --beam_size=4]
+
+Loads the run's config (``DIR/config.json``), its newest checkpoint and, for text datasets, its
+sentencepiece vocabulary; reads lines from ``--input`` (default: standard input) and prints one
+decoded line per input line. Synthetic-task runs read and write space-separated token ids.
+Lines longer than the model's maximum length are truncated with a warning, empty lines give
+empty outputs, and unknown characters become the vocabulary's unknown token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from input_pipeline.text import EOS_ID, PAD_ID, SentencePieceTokenizer, pad_to_length
+from trainer.checkpointing import restore_params
+from trainer.tasks.seq2seq import build_transformer
+from transformer import decoding
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) seq2seq run.")
+flags.DEFINE_string("input", None, "File with one source per line (default: stdin).")
+flags.DEFINE_enum("strategy", "greedy", list(decoding.STRATEGIES), "Decoding strategy.")
+flags.DEFINE_integer("beam_size", 4, "Beams for --strategy=beam.")
+flags.DEFINE_float("alpha", 0.6, "GNMT length-penalty exponent for beam search.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("batch_size", 32, "Lines decoded together.")
+flags.DEFINE_integer("max_decode_length", 0, "Output length limit (0: the model's).")
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.task != "seq2seq":
+        raise ValueError(f"{workdir} holds a {config.task!r} run; generate needs a seq2seq run")
+    return config
+
+
+class LineCodec:
+    """Lines <-> token ids: sentencepiece for text runs, integers for synthetic tasks."""
+
+    def __init__(self, config: ml_collections.ConfigDict, max_length: int,
+                 vocab_size: int) -> None:
+        self.max_length, self.vocab_size = max_length, vocab_size
+        self.tokenizer = None
+        if not config.dataset.name.startswith("synthetic/"):
+            self.tokenizer = SentencePieceTokenizer(config.dataset.vocab_path)
+
+    def encode(self, line: str, number: int) -> np.ndarray:
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(line)
+        else:
+            words = line.split()
+            ids = [int(w) for w in words if w.isdigit() and 2 <= int(w) < self.vocab_size]
+            if len(ids) != len(words):
+                logging.warning("line %d: dropped tokens that are not ids in [2, %d): %s",
+                                number, self.vocab_size,
+                                [w for w in words if not (w.isdigit()
+                                                          and 2 <= int(w) < self.vocab_size)])
+        if len(ids) > self.max_length - 1:
+            logging.warning("line %d has %d tokens; truncated to %d", number, len(ids),
+                            self.max_length - 1)
+        return pad_to_length(ids, self.max_length)
+
+    def decode(self, ids: np.ndarray) -> str:
+        ids = [int(i) for i in ids]
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(ids)
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        return " ".join(str(i) for i in ids if i != PAD_ID)
+
+
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch = []
+    for line in lines:
+        batch.append(line.rstrip("\n"))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
+    """Yields one decoded line per input line (see the module docstring)."""
+    config = load_run_config(workdir)
+    model = build_transformer(config.model, config.model.vocab_size, jnp.float32)
+    params = restore_params(workdir)
+    max_length = model.max_length
+    codec = LineCodec(config, max_length, config.model.vocab_size)
+    max_decode_length = options.pop("max_decode_length", 0) or max_length
+    batch_size = options.pop("batch_size", 32)
+    seed = options.pop("seed", 0)
+    run = jax.jit(lambda p, x, r: decoding.decode(
+        model, p, x, max_decode_length=max_decode_length, rng=r, **options))
+    number = 0
+    for batch in _batches(lines, batch_size):
+        encoded = []
+        for line in batch:
+            number += 1
+            encoded.append(codec.encode(line, number) if line.strip() else None)
+        real = [e for e in encoded if e is not None]
+        outputs = iter([])
+        if real:
+            # Pad the batch to a fixed size so every call reuses one compilation.
+            inputs = np.zeros((batch_size, max_length), np.int32)
+            inputs[: len(real)] = np.stack(real)
+            tokens = np.asarray(run(params, inputs, jax.random.key(seed + number)))
+            outputs = iter(tokens[: len(real)])
+        for item in encoded:
+            yield "" if item is None else codec.decode(next(outputs))
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    stream = open(FLAGS.input) if FLAGS.input else sys.stdin  # noqa: SIM115
+    options = dict(strategy=FLAGS.strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                   max_decode_length=FLAGS.max_decode_length)
+    if FLAGS.strategy == "beam":
+        options.update(beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
+    if FLAGS.strategy == "sample":
+        options.update(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
+    try:
+        for output in generate(FLAGS.workdir, stream, **options):
+            print(output, flush=True)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)
