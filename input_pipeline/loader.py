@@ -42,23 +42,23 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
                       worker_count: int = 0) -> Any:
     """Endless host-local batches ``{key: [global_batch_size // process_count, ...]}``.
 
-    Each host takes every ``process_count``-th example (its shard), reshuffled every epoch
-    from ``seed``; random transforms draw from per-example seeds, so the stream depends only
-    on ``seed`` and the host. ``worker_count > 0`` moves the transforms to that many
-    processes. Returns a grain ``IterDataset``; ``iter()`` of it is the checkpointable iterator.
+    All hosts agree on one global order, reshuffled every epoch from ``seed``; global batch
+    ``b`` is examples ``b·B .. (b+1)·B - 1`` of it, and host ``h`` reads (and transforms) only
+    its contiguous slice of each global batch. The global batches, and random augmentations
+    (seeded per example), are therefore the same whatever the number of hosts: one process
+    with 8 devices trains exactly like 2 processes with 4. ``worker_count > 0`` moves the
+    transforms to that many processes. Returns a grain ``IterDataset``; ``iter()`` of it is
+    the checkpointable iterator.
     """
     local_batch = _check_sharding(global_batch_size, process_index, process_count,
                                   "batch_size")
-    if len(source) < process_count:
-        raise ValueError(f"the dataset has {len(source)} examples, fewer than the "
-                         f"{process_count} hosts")
-    dataset = grain.MapDataset.source(source)[process_index::process_count]
-    if len(dataset) < local_batch:
-        raise ValueError(f"this host's shard has {len(dataset)} examples, fewer than one batch "
-                         f"of {local_batch}: lower batch_size")
-    dataset = dataset.seed(seed).shuffle().repeat(None)
+    if len(source) < global_batch_size:
+        raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of "
+                         f"{global_batch_size}: lower batch_size")
+    dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    # Lazy: a host only reads and transforms the examples of its own slices.
     dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
-    iterable = dataset.to_iter_dataset()
+    iterable = dataset[process_index::process_count].to_iter_dataset()
     if worker_count > 0:
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iterable

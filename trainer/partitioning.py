@@ -37,8 +37,9 @@ def initialize_distributed(
                 "multi-host runs need all of --coordinator_address, --num_processes and "
                 f"--process_id; got {coordinator_address!r}, {num_processes!r}, {process_id!r}"
             )
-        if jax.default_backend() == "cpu" or jax.config.jax_platforms in ("cpu",):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU devices of different processes talk through gloo (no effect on GPUs/TPUs).
+        # Nothing may touch the backend before initialize(), so this is set unconditionally.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     elif _cluster_detected():
         jax.distributed.initialize()

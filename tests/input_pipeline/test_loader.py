@@ -70,3 +70,13 @@ def test_batch_size_must_split_over_hosts():
         make_train_loader(RangeSource(30), global_batch_size=10, process_count=4)
     with pytest.raises(ValueError, match="fewer than one batch"):
         make_train_loader(RangeSource(3), global_batch_size=8)
+
+
+def test_global_batches_do_not_depend_on_the_number_of_hosts():
+    single = iter(make_train_loader(RangeSource(40), global_batch_size=8, seed=5,
+                                    transforms=parse_preprocess("")))
+    hosts = [iter(make_train_loader(RangeSource(40), global_batch_size=8, seed=5,
+                                    process_index=h, process_count=2)) for h in range(2)]
+    for _ in range(12):  # across epoch boundaries
+        together = np.concatenate([next(h)["x"] for h in hosts])
+        np.testing.assert_array_equal(together, next(single)["x"])
