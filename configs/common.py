@@ -11,6 +11,7 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
 - ``sharding.min_fsdp_size``: leaves this large or larger are split along ``fsdp``.
 - ``optimizer`` / ``schedule``: see ``trainer.optimizers``.
 - ``mixed_precision``: bfloat16 computation with float32 parameters.
+- ``pack_examples``: seq2seq only; pack several examples into each training row.
 - ``stop_after_step``: end this invocation early (checkpointed), e.g. to test resumption.
 """
 
@@ -42,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0,
                                                   switch_prob=0.5))
     config.mixed_precision = False
+    config.pack_examples = False
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
         nesterov=False, weight_decay=0.0, grad_clip_norm=1.0, accum_steps=1))

@@ -34,7 +34,10 @@ def get_config(arg: str | None = None):
     config.dataset.vocab_size = 32_000
     config.dataset.vocab_train_sentences = 1_000_000
     config.dataset.max_length = 256
-    config.batch_size = 256  # 256 sentence pairs of up to 256 tokens, ≈ 25k real tokens
+    # Rows of 256 tokens packed with several sentence pairs each (as Flax's WMT example does):
+    # batches by token count rather than by sentence count.
+    config.pack_examples = True
+    config.batch_size = 256
     config.eval_batch_size = 256
     config.num_train_steps = 100_000
     config.log_every_steps = 100

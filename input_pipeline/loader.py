@@ -37,9 +37,21 @@ def _apply(dataset: Any, transforms: Sequence[Any]) -> Any:
     return dataset
 
 
+class _TrimPadding(grain.transforms.Map):
+    """Drops the trailing zeros of the packed keys (packing needs unpadded sequences)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+
+    def map(self, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.trim_zeros(np.asarray(v), "b") if k in self.keys else v
+                for k, v in example.items()}
+
+
 def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequence[Any] = (),
                       seed: int = 0, process_index: int = 0, process_count: int = 1,
-                      worker_count: int = 0) -> Any:
+                      worker_count: int = 0, pack_length: int | None = None,
+                      pack_keys: Sequence[str] = ("inputs", "targets")) -> Any:
     """Endless host-local batches ``{key: [global_batch_size // process_count, ...]}``.
 
     All hosts agree on one global order, reshuffled every epoch from ``seed``; global batch
@@ -49,6 +61,10 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     with 8 devices trains exactly like 2 processes with 4. ``worker_count > 0`` moves the
     transforms to that many processes. Returns a grain ``IterDataset``; ``iter()`` of it is
     the checkpointable iterator.
+
+    ``pack_length``: sequences (``pack_keys``, zero-padded) are packed into rows of that many
+    tokens with grain's first-fit packing, which adds ``<key>_segment_ids`` and
+    ``<key>_positions``; each host then packs every ``process_count``-th example.
     """
     local_batch = _check_sharding(global_batch_size, process_index, process_count,
                                   "batch_size")
@@ -56,9 +72,16 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
         raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of "
                          f"{global_batch_size}: lower batch_size")
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-    # Lazy: a host only reads and transforms the examples of its own slices.
-    dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
-    iterable = dataset[process_index::process_count].to_iter_dataset()
+    if pack_length:
+        dataset = _apply(dataset[process_index::process_count], transforms)
+        dataset = dataset.map(_TrimPadding(pack_keys)).to_iter_dataset()
+        iterable = grain.experimental.FirstFitPackIterDataset(
+            dataset, length_struct={key: pack_length for key in pack_keys},
+            num_packing_bins=local_batch, seed=seed).batch(local_batch, drop_remainder=True)
+    else:
+        # Lazy: a host only reads and transforms the examples of its own slices.
+        dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
+        iterable = dataset[process_index::process_count].to_iter_dataset()
     if worker_count > 0:
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iterable

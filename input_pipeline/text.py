@@ -1,4 +1,7 @@
-"""Text: sentencepiece and HF ``tokenizers`` vocabularies, padding, packing, length buckets.
+"""Text: sentencepiece and HF ``tokenizers`` vocabularies, padding, length buckets.
+
+Packing several examples per row is grain's ``FirstFitPackIterDataset``, used by
+``input_pipeline.loader.make_train_loader(pack_length=...)``.
 
 Token conventions match ``transformer``: ``PAD = 0``, ``EOS = 1``. Sentencepiece models are
 trained with those ids (``pad_id=0, eos_id=1, unk_id=2``, no BOS), as in Flax's WMT example.
@@ -113,41 +116,6 @@ class TokenizeTranslation(grain.transforms.Map):
             "targets": pad_to_length(self.tokenizer.encode(example[self.target_key]),
                                      self.max_length),
         }
-
-
-def pack_examples(examples: Iterable[dict[str, np.ndarray]], length: int,
-                  keys: Sequence[str] = ("inputs", "targets")) -> Iterator[dict[str, np.ndarray]]:
-    """Greedily packs short examples into rows of ``length`` tokens (Flax WMT's layout).
-
-    Each output row has, per key, the concatenated tokens, ``<key>_segmentation`` (1, 2, ... per
-    packed example, 0 for padding) and ``<key>_position`` (position inside its example).
-    Inputs are zero-padded sequences; their non-zero prefix is what gets packed. An example
-    longer than ``length`` is truncated.
-    """
-
-    def empty():
-        row = {}
-        for key in keys:
-            row[key] = np.zeros(length, np.int32)
-            row[f"{key}_segmentation"] = np.zeros(length, np.int32)
-            row[f"{key}_position"] = np.zeros(length, np.int32)
-        return row, {key: 0 for key in keys}, 0
-
-    row, fill, segments = empty()
-    for example in examples:
-        pieces = {key: np.trim_zeros(np.asarray(example[key]), "b")[:length] for key in keys}
-        if segments and any(fill[k] + len(pieces[k]) > length for k in keys):
-            yield row
-            row, fill, segments = empty()
-        segments += 1
-        for key in keys:
-            start, piece = fill[key], pieces[key]
-            row[key][start:start + len(piece)] = piece
-            row[f"{key}_segmentation"][start:start + len(piece)] = segments
-            row[f"{key}_position"][start:start + len(piece)] = np.arange(len(piece))
-            fill[key] = start + len(piece)
-    if segments:
-        yield row
 
 
 def bucket_by_length(examples: Iterable[dict[str, np.ndarray]], bucket_boundaries: Sequence[int],

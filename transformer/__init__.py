@@ -14,6 +14,7 @@ from transformer.masks import (
     make_attention_mask,
     make_causal_mask,
     make_padding_mask,
+    make_segment_mask,
 )
 from transformer.model import (
     EOS_ID,
@@ -29,5 +30,6 @@ __all__ = [
     "DecoderBlock", "EOS_ID", "Encoder", "EncoderBlock", "MlpBlock", "MultiHeadAttention",
     "PAD_ID", "REMAT_POLICIES", "TRANSFORMER_CONFIGS", "Transformer", "attention_weights",
     "combine_masks", "create_transformer", "dot_product_attention", "make_attention_mask",
-    "make_causal_mask", "make_padding_mask", "shift_right", "sinusoidal_table",
+    "make_causal_mask", "make_padding_mask", "make_segment_mask", "shift_right",
+    "sinusoidal_table",
 ]

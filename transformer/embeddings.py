@@ -58,7 +58,9 @@ class AddPositionEmbedding(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, inputs: Array) -> Array:
+    def __call__(self, inputs: Array, positions: Array | None = None) -> Array:
+        """``inputs`` ``[batch, length, features]``; ``positions`` ``[batch, length]`` (packed
+        sequences restart at 0 for each example) default to ``0 .. length - 1``."""
         if self.kind == "none":
             return inputs
         _, length, features = inputs.shape
@@ -86,4 +88,6 @@ class AddPositionEmbedding(nn.Module):
                 f"sequence length {length} exceeds the position table's max_length="
                 f"{self.max_length}"
             )
+        if positions is not None:
+            return inputs + jnp.take(table[0], positions, axis=0).astype(inputs.dtype)
         return inputs + table[:, :length].astype(inputs.dtype)

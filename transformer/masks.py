@@ -41,6 +41,19 @@ def make_padding_mask(
     return make_attention_mask(query_tokens != pad_id, key_tokens != pad_id)
 
 
+def make_segment_mask(query_segments: jnp.ndarray, key_segments: jnp.ndarray) -> jnp.ndarray:
+    """Packed sequences: position ``i`` may attend to ``j`` only within the same segment.
+
+    Args:
+      query_segments: ``[batch, q_length]`` segment ids (1, 2, ... per packed example).
+      key_segments: ``[batch, kv_length]``.
+
+    Returns:
+      ``[batch, 1, q_length, kv_length]`` bool.
+    """
+    return jnp.equal(query_segments[:, None, :, None], key_segments[:, None, None, :])
+
+
 def make_causal_mask(length: int) -> jnp.ndarray:
     """Lower-triangular mask: position ``i`` may attend to positions ``<= i``.
 

@@ -12,7 +12,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from transformer.masks import PAD_ID, combine_masks, make_causal_mask, make_padding_mask
+from transformer.masks import (
+    PAD_ID,
+    combine_masks,
+    make_causal_mask,
+    make_padding_mask,
+    make_segment_mask,
+)
 from transformer.stack import Decoder, Encoder
 
 Array = jnp.ndarray
@@ -151,13 +157,26 @@ class Transformer(nn.Module):
         x = table(tokens) * jnp.sqrt(jnp.float32(self.emb_dim))
         return x.astype(self.dtype or x.dtype)
 
-    def encode(self, inputs: Array, *, train: bool = False) -> Array:
-        """Source ids ``[batch, source_length]`` (0 = padding) -> ``[batch, source_length, emb_dim]``."""
+    def encode(self, inputs: Array, *, train: bool = False,
+               inputs_segmentation: Array | None = None,
+               inputs_positions: Array | None = None) -> Array:
+        """Source ids ``[batch, source_length]`` (0 = padding) -> ``[batch, source_length, emb_dim]``.
+
+        For packed rows (several examples per row), ``inputs_segmentation`` ``[batch,
+        source_length]`` numbers the examples and ``inputs_positions`` restarts at 0 for each:
+        attention stays within an example.
+        """
         mask = make_padding_mask(inputs)
-        return self.encoder(self._embed(self.source_embedding, inputs), mask, train=train)
+        if inputs_segmentation is not None:
+            mask = combine_masks(mask, make_segment_mask(inputs_segmentation,
+                                                         inputs_segmentation))
+        return self.encoder(self._embed(self.source_embedding, inputs), mask, train=train,
+                            positions=inputs_positions)
 
     def decode(
-        self, encoded: Array, inputs: Array, targets: Array, *, train: bool = False
+        self, encoded: Array, inputs: Array, targets: Array, *, train: bool = False,
+        inputs_segmentation: Array | None = None, targets_segmentation: Array | None = None,
+        targets_positions: Array | None = None,
     ) -> Array:
         """Next-token logits ``[batch, target_length, target_vocab_size]`` (float32).
 
@@ -166,6 +185,8 @@ class Transformer(nn.Module):
           inputs: source ids ``[batch, source_length]``, for the cross-attention padding mask.
           targets: in training, the target ids ``[batch, target_length]`` (shifted right here);
             in ``decoding`` mode, the previous token ``[batch, 1]`` (``PAD_ID`` at the first step).
+          inputs_segmentation / targets_segmentation / targets_positions: packed rows (see
+            ``encode``); each packed example's decoder input starts with ``PAD_ID``.
         """
         if self.decoding:
             decoder_inputs = targets
@@ -177,12 +198,22 @@ class Transformer(nn.Module):
                 make_padding_mask(targets), make_causal_mask(targets.shape[1])
             )
             cross_mask = make_padding_mask(targets, inputs)
+            if targets_segmentation is not None:
+                # The first token of every packed example starts from PAD, not from the
+                # previous example's last token.
+                same = targets_segmentation == shift_right(targets_segmentation)
+                decoder_inputs = decoder_inputs * same.astype(decoder_inputs.dtype)
+                self_mask = combine_masks(self_mask, make_segment_mask(
+                    targets_segmentation, targets_segmentation))
+                cross_mask = combine_masks(cross_mask, make_segment_mask(
+                    targets_segmentation, inputs_segmentation))
         x = self.decoder(
             self._embed(self.target_embedding, decoder_inputs),
             encoded,
             self_mask,
             cross_mask,
             train=train,
+            positions=None if self.decoding else targets_positions,
         )
         if self.logits_via_embedding:
             logits = self.target_embedding.attend(x.astype(jnp.float32))
@@ -190,9 +221,19 @@ class Transformer(nn.Module):
             logits = self.logits_dense(x)
         return logits.astype(jnp.float32)
 
-    def __call__(self, inputs: Array, targets: Array, *, train: bool = False) -> Array:
-        """Teacher-forced logits ``[batch, target_length, target_vocab_size]``."""
-        return self.decode(self.encode(inputs, train=train), inputs, targets, train=train)
+    def __call__(self, inputs: Array, targets: Array, *, train: bool = False,
+                 inputs_segmentation: Array | None = None,
+                 targets_segmentation: Array | None = None,
+                 inputs_positions: Array | None = None,
+                 targets_positions: Array | None = None) -> Array:
+        """Teacher-forced logits ``[batch, target_length, target_vocab_size]``; the optional
+        arguments describe packed rows (see ``encode``)."""
+        encoded = self.encode(inputs, train=train, inputs_segmentation=inputs_segmentation,
+                              inputs_positions=inputs_positions)
+        return self.decode(encoded, inputs, targets, train=train,
+                           inputs_segmentation=inputs_segmentation,
+                           targets_segmentation=targets_segmentation,
+                           targets_positions=targets_positions)
 
 
 def create_transformer(name: str, vocab_size: int, **overrides: Any) -> Transformer:

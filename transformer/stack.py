@@ -142,14 +142,16 @@ class Encoder(_StackFields):
     """
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> Array:
-        """Embedded inputs ``[batch, length, features]`` -> ``[batch, length, features]``."""
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False,
+                 positions: Array | None = None) -> Array:
+        """Embedded inputs ``[batch, length, features]`` -> ``[batch, length, features]``;
+        ``positions`` ``[batch, length]`` for packed sequences."""
         x = AddPositionEmbedding(
             max_length=self.max_length,
             kind=self.position_embedding,
             param_dtype=self.param_dtype,
             name="posembed_input",
-        )(x)
+        )(x, positions)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = x.astype(self.dtype or x.dtype)
         # ``mask`` and ``deterministic`` are positional for remat's static_argnums.
@@ -181,6 +183,7 @@ class Decoder(_StackFields):
         cross_mask: Array | None = None,
         *,
         train: bool = False,
+        positions: Array | None = None,
     ) -> Array:
         """Embedded targets ``[batch, target_length, features]`` -> same shape."""
         x = AddPositionEmbedding(
@@ -189,7 +192,7 @@ class Decoder(_StackFields):
             decode=self.decode,
             param_dtype=self.param_dtype,
             name="posembed_output",
-        )(x)
+        )(x, positions)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = x.astype(self.dtype or x.dtype)
         kwargs = dict(self.block_kwargs(), decode=self.decode)

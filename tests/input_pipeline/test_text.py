@@ -6,7 +6,6 @@ from input_pipeline.text import (
     SentencePieceTokenizer,
     TokenizeTranslation,
     bucket_by_length,
-    pack_examples,
     pad_to_length,
     train_sentencepiece,
 )
@@ -43,20 +42,6 @@ def test_tokenize_translation(tokenizer):
     out = TokenizeTranslation(tokenizer, "en", "de", 12).map({"en": b"the cat", "de": "the mat"})
     assert out["inputs"].shape == (12,) and out["inputs"].dtype == np.int32
     assert tokenizer.decode(out["targets"]) == "the mat"
-
-
-def test_packing_keeps_every_token_with_segments_and_positions():
-    examples = [{"inputs": np.array([3, 4, 1, 0, 0]), "targets": np.array([5, 1, 0, 0, 0])},
-                {"inputs": np.array([6, 1, 0, 0, 0]), "targets": np.array([7, 8, 1, 0, 0])},
-                {"inputs": np.array([9, 9, 9, 9, 1]), "targets": np.array([2, 1, 0, 0, 0])}]
-    rows = list(pack_examples(examples, length=6))
-    assert len(rows) == 2
-    np.testing.assert_array_equal(rows[0]["inputs"], [3, 4, 1, 6, 1, 0])
-    np.testing.assert_array_equal(rows[0]["inputs_segmentation"], [1, 1, 1, 2, 2, 0])
-    np.testing.assert_array_equal(rows[0]["targets_position"], [0, 1, 0, 1, 2, 0])
-    np.testing.assert_array_equal(rows[1]["inputs"], [9, 9, 9, 9, 1, 0])
-    total = sum(int(np.count_nonzero(r["inputs"])) for r in rows)
-    assert total == sum(int(np.count_nonzero(e["inputs"])) for e in examples)
 
 
 def test_length_buckets_group_similar_lengths():

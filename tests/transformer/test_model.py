@@ -173,3 +173,24 @@ def test_sequence_longer_than_learned_table_fails():
 def test_unknown_named_config():
     with pytest.raises(ValueError, match="known"):
         create_transformer("huge", vocab_size=10)
+
+
+def test_packed_rows_equal_separate_examples():
+    """Two examples packed into one row give the logits of each example run alone."""
+    model = _tiny(position_embedding="learned")
+    first_in, first_out = jnp.array([[3, 4, 5, 1]]), jnp.array([[6, 7, 1]])
+    second_in, second_out = jnp.array([[8, 1]]), jnp.array([[9, 9, 10, 1]])
+    params = model.init(jax.random.key(4), first_in, first_out)["params"]
+    packed = dict(
+        inputs=jnp.array([[3, 4, 5, 1, 8, 1, 0]]),
+        targets=jnp.array([[6, 7, 1, 9, 9, 10, 1, 0]]),
+        inputs_segmentation=jnp.array([[1, 1, 1, 1, 2, 2, 0]]),
+        targets_segmentation=jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]]),
+        inputs_positions=jnp.array([[0, 1, 2, 3, 0, 1, 0]]),
+        targets_positions=jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]]),
+    )
+    logits = model.apply({"params": params}, **packed)
+    alone_first = model.apply({"params": params}, first_in, first_out)
+    alone_second = model.apply({"params": params}, second_in, second_out)
+    np.testing.assert_allclose(logits[0, :3], alone_first[0], atol=1e-5)
+    np.testing.assert_allclose(logits[0, 3:7], alone_second[0], atol=1e-5)

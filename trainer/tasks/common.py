@@ -41,7 +41,7 @@ def data_source(config: Any, split: str) -> Any:
 
 
 def train_iterator(config: Any, transforms: list, process_index: int,
-                   process_count: int) -> Iterator[Batch]:
+                   process_count: int, **loader_options: Any) -> Iterator[Batch]:
     return input_pipeline.make_train_loader(
         data_source(config, config.dataset.train_split),
         global_batch_size=config.batch_size,
@@ -50,6 +50,7 @@ def train_iterator(config: Any, transforms: list, process_index: int,
         process_index=process_index,
         process_count=process_count,
         worker_count=config.get("input_workers", 0),
+        **loader_options,
     )
 
 

@@ -20,6 +20,16 @@ def build_transformer(model_config: Any, vocab_size: int, dtype: Any) -> transfo
     return transformer.create_transformer(model_config.name, vocab_size, dtype=dtype, **overrides)
 
 
+def _packing(batch: Batch) -> dict[str, Any]:
+    """The model's packing arguments from grain's packed-batch keys (empty when unpacked)."""
+    if "inputs_segment_ids" not in batch:
+        return {}
+    return {"inputs_segmentation": batch["inputs_segment_ids"],
+            "targets_segmentation": batch["targets_segment_ids"],
+            "inputs_positions": batch["inputs_positions"],
+            "targets_positions": batch["targets_positions"]}
+
+
 @register_task("seq2seq")
 class Seq2SeqTask(Task):
     """Label-smoothed cross-entropy over non-padding target tokens (teacher forcing).
@@ -30,7 +40,7 @@ class Seq2SeqTask(Task):
 
     Config: ``model`` (``name`` of ``transformer.TRANSFORMER_CONFIGS``, ``vocab_size`` and
     overrides), ``dataset`` (``name`` such as ``synthetic/reverse``, splits, ``source_kwargs``),
-    ``label_smoothing``.
+    ``label_smoothing``, ``pack_examples`` (pack several examples per training row).
     """
 
     def __init__(self, config: Any) -> None:
@@ -69,8 +79,9 @@ class Seq2SeqTask(Task):
         return [self._tokenize]
 
     def train_iterator(self, process_index: int, process_count: int):
+        pack = self.max_length if self.config.get("pack_examples", False) else None
         return common.train_iterator(self.config, self.transforms(), process_index,
-                                     process_count)
+                                     process_count, pack_length=pack)
 
     def eval_batches(self, process_index: int, process_count: int):
         return common.eval_batches(self.config, self.transforms(), process_index, process_count)
@@ -119,7 +130,12 @@ class Seq2SeqTask(Task):
 
     def dummy_batch(self, batch_size: int) -> Batch:
         shape = (batch_size, self.max_length)
-        return {"inputs": np.ones(shape, np.int32), "targets": np.ones(shape, np.int32)}
+        batch = {"inputs": np.ones(shape, np.int32), "targets": np.ones(shape, np.int32)}
+        if self.config.get("pack_examples", False):
+            for key in ("inputs", "targets"):
+                batch[f"{key}_segment_ids"] = np.ones(shape, np.int32)
+                batch[f"{key}_positions"] = np.zeros(shape, np.int32)
+        return batch
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Any:
         return self.model.init({"params": rng}, batch["inputs"], batch["targets"])["params"]
@@ -132,7 +148,7 @@ class Seq2SeqTask(Task):
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
              frozen: Any) -> tuple[jax.Array, Metrics]:
         logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
-                                  train=True, rngs={"dropout": rng})
+                                  train=True, rngs={"dropout": rng}, **_packing(batch))
         weights = (batch["targets"] > 0).astype(jnp.float32)
         losses = self._token_losses(logits, batch["targets"],
                                     self.config.get("label_smoothing", 0.0))
