@@ -1,6 +1,8 @@
 """Knowledge-distillation objectives (imports transformer, vit)."""
 
 from distill.losses import (
+    DISTILLATION_TYPES,
+    REDUCTIONS,
     attention_kl,
     deit_distillation_token_loss,
     deit_inference_logits,
@@ -14,7 +16,16 @@ from distill.losses import (
 from distill.projection import FeatureProjection
 
 __all__ = [
-    "FeatureProjection", "attention_kl", "deit_distillation_token_loss", "deit_inference_logits",
-    "hard_distillation_loss", "hidden_state_cosine", "hidden_state_mse", "hinton_loss",
-    "soft_distillation_loss", "top1_agreement",
+    "DISTILLATION_TYPES",
+    "REDUCTIONS",
+    "FeatureProjection",
+    "attention_kl",
+    "deit_distillation_token_loss",
+    "deit_inference_logits",
+    "hard_distillation_loss",
+    "hidden_state_cosine",
+    "hidden_state_mse",
+    "hinton_loss",
+    "soft_distillation_loss",
+    "top1_agreement",
 ]

@@ -6,11 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import TINY_VIT_FLAGS
 from trainer.metrics import read_metrics
 
 
+@pytest.mark.slow
 def test_sigterm_saves_then_restart_resumes(tmp_path, digits_data_dir):
     workdir = str(tmp_path / "run")
     base = [sys.executable, "-m", "trainer.main", "--config=configs/vit_digits.py",

@@ -17,7 +17,8 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("make_config", ["classification", "seq2seq"])
+@pytest.mark.parametrize("make_config", ["classification",
+                                         pytest.param("seq2seq", marks=pytest.mark.slow)])
 def test_stop_and_resume_equals_uninterrupted(tmp_path, digits_data_dir, make_config):
     def config(**overrides):
         if make_config == "classification":
@@ -79,6 +80,7 @@ def test_second_run_on_a_busy_workdir_is_refused(tmp_path, digits_data_dir):
     train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=3), workdir)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, digits_data_dir,
                                                                    caplog):
     import logging

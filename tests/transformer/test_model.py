@@ -29,12 +29,12 @@ def _decode_step_by_step(model, params, source, target):
     cache = decoder.init(jax.random.key(0), source, target)["cache"]
     encoded = model.apply({"params": params}, source, method="encode")
     token = jnp.zeros((source.shape[0], 1), jnp.int32)
+    step = jax.jit(lambda cache, token: decoder.apply(
+        {"params": params, "cache": cache}, encoded, source, token,
+        method="decode", mutable=["cache"]))
     steps = []
     for t in range(target.shape[1]):
-        logits, state = decoder.apply(
-            {"params": params, "cache": cache}, encoded, source, token,
-            method="decode", mutable=["cache"],
-        )
+        logits, state = step(cache, token)
         cache = state["cache"]
         steps.append(logits[:, 0])
         token = target[:, t:t + 1]

@@ -88,7 +88,7 @@ class DistillationTask(ClassificationTask):
         mix_rng, dropout_rng = jax.random.split(rng)
         onehot = jax.nn.one_hot(batch["label"], self.num_classes)
         images, targets = self._mix(mix_rng, batch["image"], onehot)
-        labels = jnp.argmax(targets, -1)  # mixed images: the dominant label
+        labels = targets  # [batch, classes]: mixup/cutmix soft targets are kept as they are
         teacher = self.teacher_logits(frozen, images)
         outputs = self.model.apply({"params": params}, images, train=True,
                                    rngs={"dropout": dropout_rng})
