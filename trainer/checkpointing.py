@@ -11,6 +11,7 @@ the previous good one, saying so.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any
 
@@ -64,6 +65,8 @@ class Checkpointer:
             max_to_keep=keep,
             create=True,
             enable_async_checkpointing=async_save,
+            # Temporary directories of saves cut off by a crash are removed at start-up.
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
@@ -79,10 +82,19 @@ class Checkpointer:
         try:
             self.manager.save(step, args=args, force=True)
         except OSError as error:  # a full disk, a read-only path: fail loudly, keep older ones
-            raise OSError(
-                f"saving checkpoint {step} to {self.directory} failed: {error}; the previous "
-                f"checkpoints {self.all_steps()} are kept"
-            ) from error
+            raise self._save_failed(step, error) from error
+
+    def _save_failed(self, step: int | None, error: Exception) -> OSError:
+        """The error of a failed save, after removing its partial temporary directory."""
+        partial = [name for name in os.listdir(self.directory)
+                   if ".orbax-checkpoint-tmp" in name
+                   and (step is None or name.split(".")[0] == str(step))]
+        for name in partial:  # frees the space a full disk needs for the next try
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        which = f"checkpoint {step}" if step is not None else "the last checkpoint"
+        return OSError(
+            f"saving {which} to {self.directory} failed: {error}; the previous "
+            f"checkpoints {self.all_steps()} are kept")
 
     def restore_latest(self, abstract_state: Any, data_iter: Any,
                        expected_fingerprint: dict[str, list]) -> tuple[Any, dict] | None:
@@ -141,10 +153,14 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the background save is done; raises its error if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except OSError as error:  # an asynchronous save that failed after save() returned
+            raise self._save_failed(None, error) from error
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
