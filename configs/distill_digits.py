@@ -7,6 +7,8 @@ Commands (teacher first, then the student; both offline, on a 2-core CPU):
 
 Argument: the method — ``soft`` (Hinton, T=4, α=0.5), ``hard`` (DeiT hard labels),
 ``deit_token`` (DeiT distillation token, hard) or ``none`` (the student from scratch).
+Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
+``--config.distill.feature_weight=1 --config.distill.attention_weight=1``.
 The student has a quarter of the teacher's depth and half its width. At the end of the run a
 compression report (parameters, FLOPs, latency, throughput, accuracy of both, top-1 agreement)
 is printed and written to ``compression_report.json``.
@@ -42,6 +44,11 @@ def get_config(arg: str | None = "soft"):
         alpha=0.5,
         reduction="batchmean",
         token_type="hard",
+        # TinyBERT/MiniLM terms, added to the method's loss (0: off); see
+        # trainer/tasks/distillation.py for the layer map and the projection.
+        feature_weight=0.0,
+        feature_loss="mse",
+        attention_weight=0.0,
     ))
     config.report_batch_size = 128
     return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from input_pipeline import digits, synthetic_seq2seq
+from input_pipeline import digits, docstrings, synthetic_seq2seq
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -58,6 +58,8 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
     - any other name: ``tfds.data_source(name, split=split, data_dir=data_dir)``, which must
       already be prepared as ArrayRecord; otherwise ``DatasetNotFoundError`` says how.
     """
+    if name == "stdlib_docstrings":
+        return docstrings.DocstringSentences(split, **kwargs)
     if name.startswith("synthetic/"):
         return synthetic_seq2seq.Seq2SeqTaskSource(name.split("/", 1)[1], split, **kwargs)
     if kwargs:

@@ -167,3 +167,29 @@ def load_or_train_sentencepiece(model_path: str, source: Any, keys: Sequence[str
 
         train_sentencepiece(texts(), vocab_size, model_path, max_sentences=max_sentences)
     return SentencePieceTokenizer(model_path)
+
+
+class TokenizeSentences(grain.transforms.Map):
+    """``{"text": str}`` -> BERT inputs ``input_ids`` and ``attention_mask``, int32
+    ``[max_length]``: ``[CLS] ... [SEP]`` from a ``tokenizer.json`` (WordPiece), truncated and
+    zero-padded to a fixed length so every batch has one shape (one compilation)."""
+
+    def __init__(self, tokenizer_json: str, max_length: int, text_key: str = "text") -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length={max_length}: expected >= 2 ([CLS] and [SEP])")
+        self.tokenizer_json, self.max_length, self.text_key = tokenizer_json, max_length, text_key
+        self._tokenizer = None
+
+    def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self._tokenizer is None:  # loaded lazily: the transform is pickled to workers
+            tokenizer = load_hf_tokenizer(self.tokenizer_json)
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(max_length=self.max_length)
+            self._tokenizer = tokenizer  # set when configured: grain maps in threads
+        text = example[self.text_key]
+        ids = self._tokenizer.encode(text.decode() if isinstance(text, bytes) else text).ids
+        out = {"input_ids": np.zeros((self.max_length,), np.int32),
+               "attention_mask": np.zeros((self.max_length,), np.int32)}
+        out["input_ids"][: len(ids)] = ids
+        out["attention_mask"][: len(ids)] = 1
+        return out

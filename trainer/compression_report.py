@@ -63,9 +63,12 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def write_report(workdir: str, models: dict[str, tuple], images: np.ndarray,
-                 final_eval: dict[str, float]) -> dict[str, Any]:
-    """Measures each ``name: (model, params[, images])``, adds accuracies from ``final_eval``,
-    prints a table and writes ``workdir/compression_report.json``."""
+                 final_eval: dict[str, float],
+                 quality: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """Measures each ``name: (model, params[, inputs])``, adds accuracies from ``final_eval``
+    and the task's other ``quality`` figures, prints a table and writes
+    ``workdir/compression_report.json``. ``images`` are the inputs of the forward pass (token
+    ids for text encoders)."""
     rows = {}
     for name, entry in models.items():
         model, params = entry[0], entry[1]
@@ -78,6 +81,8 @@ def write_report(workdir: str, models: dict[str, tuple], images: np.ndarray,
         "top1_agreement": final_eval.get("eval/agreement"),
         "device": jax.devices()[0].device_kind,
     }
+    if quality:
+        report["quality"] = quality
     if "teacher" in rows:
         report["compression"] = {
             "parameters": rows["teacher"]["parameters"] / rows["student"]["parameters"],
@@ -92,4 +97,7 @@ def write_report(workdir: str, models: dict[str, tuple], images: np.ndarray,
         print("compression report:\n" + format_table(rows), flush=True)
         if report.get("top1_agreement") is not None:
             print(f"top-1 agreement student/teacher: {report['top1_agreement']:.4f}", flush=True)
+        for name, value in (quality or {}).items():
+            if value is not None:
+                print(f"{name}: {value:.4f}", flush=True)
     return report

@@ -354,6 +354,16 @@ def bert_params_from_state_dict(
     return params
 
 
+def read_bert_config(model_dir: str) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` of a BERT checkpoint directory, as a dict."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: expected a Hugging Face BERT "
+                                "directory (config.json, model.safetensors, tokenizer.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_bert(model_dir: str, **overrides: Any) -> tuple[BertEncoder, dict[str, Any]]:
     """Load a Hugging Face BERT checkpoint directory as ``(BertEncoder, params)``.
 
@@ -368,9 +378,7 @@ def load_bert(model_dir: str, **overrides: Any) -> tuple[BertEncoder, dict[str, 
     """
     from safetensors.numpy import load_file
 
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
-    model = bert_from_config(config, **overrides)
+    model = bert_from_config(read_bert_config(model_dir), **overrides)
     state_dict = load_file(os.path.join(model_dir, "model.safetensors"))
     return model, bert_params_from_state_dict(state_dict, model)
 

@@ -60,3 +60,22 @@ def test_length_buckets_group_similar_lengths():
         assert np.all(np.count_nonzero(batch["inputs"], axis=1) <= width)
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         list(bucket_by_length(examples, [4], [2]))
+
+
+def test_tokenize_sentences_pads_and_truncates_to_a_fixed_length():
+    import os
+
+    from input_pipeline.text import TokenizeSentences
+    from transformer import pretrained
+
+    try:
+        model_dir = pretrained.minilm_model_dir()
+    except FileNotFoundError:
+        pytest.skip(pretrained.MINILM_INSTALL)
+    transform = TokenizeSentences(os.path.join(model_dir, "tokenizer.json"), max_length=8)
+    short = transform.map({"text": "Hello world."})
+    assert short["input_ids"].tolist()[:5] == [101, 7592, 2088, 1012, 102]  # [CLS] ... [SEP]
+    assert short["attention_mask"].tolist() == [1] * 5 + [0] * 3
+    long = transform.map({"text": b"one two three four five six seven eight nine ten"})
+    assert long["attention_mask"].all() and long["input_ids"][-1] == 102
+    assert long["input_ids"].dtype == np.int32 and long["input_ids"].shape == (8,)

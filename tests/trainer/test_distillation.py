@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.launcher import run_launcher
-from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS, tiny_digits_config
+from tests.trainer.tiny import STEP_FLAGS, tiny_digits_config
 from trainer.checkpointing import restore_params
 from trainer.train import train_and_evaluate
 
@@ -41,7 +41,7 @@ def test_distillation_through_launcher(tmp_path, digits_data_dir, teacher_workdi
     assert "teacher" not in student and "Transformer" in student
     assert student["Transformer"]["posembed_input"]["pos_embedding"].shape[-1] == 32
     for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(
-            restore_params(teacher_workdir))):
+            restore_params(teacher_workdir)), strict=True):
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(workdir, "compression_report.json")) as f:
         report = json.load(f)
@@ -79,3 +79,101 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path, digits_data_dir):
                           f"--config.distill.teacher_checkpoint={tmp_path / 'nowhere'}",
                           f"--config.dataset.data_dir={digits_data_dir}", check=False)
     assert result.returncode != 0 and "teacher_checkpoint" in result.stderr
+
+
+def _feature_task(teacher_workdir, digits_data_dir, **student):
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("soft")
+    for key, value in TEACHER.items():
+        config.distill.teacher_model[key] = value
+    for key, value in student.items():
+        config.model[key] = value
+    config.distill.teacher_checkpoint = teacher_workdir
+    config.distill.feature_weight = 1.0
+    config.distill.attention_weight = 1.0
+    config.dataset.data_dir = digits_data_dir
+    return create_task(config)
+
+
+def test_feature_and_attention_terms_match_separate_forward_passes(digits_data_dir,
+                                                                    teacher_workdir):
+    """A student of another width (projection) and head count (head-averaged maps): the terms
+    taken from the training forward pass equal the losses recomputed from separate passes,
+    and gradients reach the student and the projection, never the teacher."""
+    from trainer.tasks.distillation import PROJECTION, student_only
+
+    task = _feature_task(teacher_workdir, digits_data_dir, hidden_size=16, num_heads=1,
+                         mlp_dim=32, num_layers=1)
+    batch = task.dummy_batch(4)
+    batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(
+        np.float32)
+    batch["label"] = np.arange(4, dtype=np.int32)
+    params = task.init_params(jax.random.key(0), batch)
+    assert params[PROJECTION]["projection"]["kernel"].shape == (16, 32)
+    frozen = task.frozen_variables()
+    # Mixup off, so the step's images are the batch's.
+    task.config.mixup.mixup_alpha = 0.0
+    loss, metrics = task.loss(params, batch, jax.random.key(1), frozen)
+
+    def blocks(model, model_params, layers):
+        _, state = model.apply({"params": model_params}, batch["image"], train=False,
+                               mutable=["intermediates"])
+        inner = state["intermediates"]["Transformer"]
+        return [(inner[f"encoderblock_{i}"]["hidden_state"][0],
+                 inner[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
+                 ["attention_weights"][0]) for i in range(layers)]
+
+    student = blocks(task.model, student_only(params), 1)
+    teacher = blocks(task.teacher, frozen["teacher"], 2)
+    projected = task.projection.apply({"params": params[PROJECTION]}, student[0][0])
+    # One student block maps to the teacher's last block.
+    expected_feature = np.mean((np.asarray(projected) - np.asarray(teacher[1][0])) ** 2)
+    t_map = np.asarray(teacher[1][1]).mean(axis=1)  # 2 teacher heads averaged, 1 student head
+    s_map = np.asarray(student[0][1])[:, 0]
+    expected_attention = np.mean(np.sum(t_map * (np.log(t_map) - np.log(s_map)), -1))
+    np.testing.assert_allclose(metrics["feature_loss"], expected_feature, rtol=1e-4)
+    np.testing.assert_allclose(metrics["attention_loss"], expected_attention, rtol=1e-4)
+    np.testing.assert_allclose(
+        loss, metrics["logit_loss"] + expected_feature + expected_attention, rtol=1e-4)
+    assert float(metrics["attention_loss"]) > 0 and float(metrics["feature_loss"]) > 0
+
+    grads = jax.grad(lambda p, f: task.loss(p, batch, jax.random.key(1), f)[0],
+                     argnums=(0, 1))(params, frozen)
+    assert all(np.all(g == 0) for g in jax.tree.leaves(grads[1]))
+    assert np.any(grads[0][PROJECTION]["projection"]["kernel"] != 0)
+    assert np.any(grads[0]["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
+                  != 0)
+
+
+def test_feature_distillation_needs_a_teacher_and_matching_patch_grids(digits_data_dir,
+                                                                      teacher_workdir):
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("none")
+    config.distill.feature_weight = 1.0
+    with pytest.raises(ValueError, match="need a teacher"):
+        create_task(config)
+    with pytest.raises(ValueError, match="patch grid"):
+        _feature_task(teacher_workdir, digits_data_dir, patch_size=4)
+
+
+def test_feature_distillation_through_launcher(tmp_path, digits_data_dir, teacher_workdir):
+    from trainer.metrics import read_metrics
+
+    workdir = str(tmp_path / "student")
+    run_launcher(
+        "configs/distill_digits.py:soft", workdir, *STEP_FLAGS, *TEACHER_FLAGS,
+        f"--config.distill.teacher_checkpoint={teacher_workdir}",
+        f"--config.dataset.data_dir={digits_data_dir}", "--config.report_batch_size=8",
+        "--config.model.hidden_size=16", "--config.distill.feature_weight=1.0",
+        "--config.distill.attention_weight=1.0", "--config.distill.feature_loss=cosine")
+    logged = [r for r in read_metrics(workdir) if "train/feature_loss" in r]
+    assert logged and all(np.isfinite(r["train/attention_loss"]) for r in logged)
+    student = restore_params(workdir)
+    assert "distill_projection" in student  # trained with the student, in its state
+    with open(os.path.join(workdir, "compression_report.json")) as f:
+        report = json.load(f)
+    assert report["models"]["student"]["parameters"] < report["models"]["teacher"]["parameters"]

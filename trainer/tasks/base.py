@@ -8,8 +8,8 @@ and decorating it with ``@register_task("name")`` — the loop does not change.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,7 +36,12 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 def create_task(config: Any) -> Task:
     """The task named by ``config.task``."""
     # Importing the task modules registers them.
-    from trainer.tasks import classification, distillation, seq2seq  # noqa: F401
+    from trainer.tasks import (  # noqa: F401
+        classification,
+        distillation,
+        sentence_distillation,
+        seq2seq,
+    )
 
     if config.task not in _TASKS:
         close = difflib.get_close_matches(str(config.task), _TASKS, n=1)

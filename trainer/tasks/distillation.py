@@ -11,6 +11,18 @@ Config (``config.distill``): ``method`` — ``"soft"`` (Hinton: (1−α)·CE + �
 ``reduction`` (``batchmean``/``mean``); ``teacher_model`` (a ``config.model``-like ViT
 description); ``teacher_checkpoint`` — a workdir of this project (orbax) or an official-layout
 ``.npz``.
+
+Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
+``feature_weight`` × the hidden-state loss (``feature_loss``: ``"mse"`` or ``"cosine"``) over
+every student block, block i matched to teacher block ⌈(i+1)·L_t/L_s⌉ − 1 (TinyBERT's uniform
+map), through a learned ``distill.FeatureProjection`` when the widths differ; and
+``attention_weight`` × KL(teacher ‖ student) between the last blocks' attention maps (MiniLM),
+averaged over heads when the head counts differ. Both models' hidden states and attention
+maps come from their ordinary forward passes (Flax's ``intermediates`` collection), never from
+a second pass. Only patch tokens are compared (class and distillation tokens are dropped and
+the attention rows renormalised), so students and teachers with different prefix tokens match.
+The projection's parameters live in the student's train state under ``distill_projection``
+and are dropped from everything that runs the student alone (evaluation, reports).
 """
 
 from __future__ import annotations
@@ -28,6 +40,35 @@ from trainer.tasks.base import Batch, Metrics, masked_sum, register_task
 from trainer.tasks.classification import ClassificationTask, build_vit
 
 METHODS = ("soft", "hard", "deit_token", "none")
+FEATURE_LOSSES = ("mse", "cosine")
+PROJECTION = "distill_projection"  # the projection's key in the student's params
+
+
+def student_only(params: Any) -> Any:
+    """The student's own parameters: without the feature projection used in training."""
+    return {k: v for k, v in params.items() if k != PROJECTION}
+
+
+def block_outputs(state: Any, num_layers: int) -> list[tuple[jax.Array, jax.Array]]:
+    """``(hidden [batch, tokens, width], attention [batch, heads, tokens, tokens])`` of each
+    encoder block, from a ViT's ``intermediates`` collection."""
+    blocks = state["intermediates"]["Transformer"]
+    if "encoderblock_0" not in blocks:
+        raise ValueError("feature/attention distillation needs model.scan_layers=False (the "
+                         "per-block intermediates of a scanned stack are stacked)")
+    return [(blocks[f"encoderblock_{i}"]["hidden_state"][0],
+             blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
+             ["attention_weights"][0]) for i in range(num_layers)]
+
+
+def patch_attention(weights: jax.Array, prefix: int, heads: int) -> jax.Array:
+    """Patch-to-patch attention ``[batch, heads', patches, patches]``, rows renormalised;
+    averaged over heads when ``heads`` (the other model's head count) differs."""
+    weights = weights[:, :, prefix:, prefix:].astype(jnp.float32)
+    weights = weights / jnp.maximum(weights.sum(-1, keepdims=True), 1e-12)
+    if weights.shape[1] != heads:
+        weights = weights.mean(axis=1, keepdims=True)
+    return weights
 
 
 def load_teacher_params(path: str, model: vit.VisionTransformer) -> Any:
@@ -58,11 +99,40 @@ class DistillationTask(ClassificationTask):
                              f"together; got method={options.method!r}, distillation_token="
                              f"{self.model.distillation_token}")
         self.options = options
+        self.feature_weight = float(options.get("feature_weight", 0.0))
+        self.attention_weight = float(options.get("attention_weight", 0.0))
+        if (self.feature_weight or self.attention_weight) and options.method == "none":
+            raise ValueError("distill.feature_weight/attention_weight need a teacher; "
+                             "distill.method='none' trains the student alone")
+        if options.get("feature_loss", "mse") not in FEATURE_LOSSES:
+            raise ValueError(f"distill.feature_loss={options.feature_loss!r} is not supported; "
+                             f"expected one of {FEATURE_LOSSES}")
         self.teacher = build_vit(options.teacher_model, jnp.float32)
         if self.teacher.num_classes != self.num_classes:
             raise ValueError(f"teacher has {self.teacher.num_classes} classes, the student "
                              f"{self.num_classes}")
         self._teacher_params = None
+        if self.feature_weight or self.attention_weight:
+            student_grid, teacher_grid = self.model.grid_size, self.teacher.grid_size
+            if student_grid != teacher_grid:
+                raise ValueError(
+                    f"feature/attention distillation compares patch tokens: the student's patch "
+                    f"grid {student_grid} must equal the teacher's {teacher_grid}")
+        self.projection = None
+        if self.feature_weight and self.model.hidden_size != self.teacher.hidden_size:
+            self.projection = distill.FeatureProjection(self.teacher.hidden_size)
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Any:
+        student_rng, projection_rng = jax.random.split(rng)
+        params = super().init_params(student_rng, batch)
+        if self.projection is None:
+            return params
+        dummy = jnp.zeros((1, self.model.hidden_size), jnp.float32)
+        return {**params, PROJECTION: self.projection.init(projection_rng, dummy)["params"]}
+
+    def logits(self, params: Any, images: jax.Array, rng: jax.Array | None,
+               train: bool) -> jax.Array:
+        return super().logits(student_only(params), images, rng, train)
 
     def frozen_variables(self) -> Any:
         if self.options.method == "none":
@@ -73,13 +143,48 @@ class DistillationTask(ClassificationTask):
         return {"teacher": self._teacher_params}
 
     def teacher_logits(self, frozen: Any, images: jax.Array) -> jax.Array:
+        return self._teacher_forward(frozen, images, with_blocks=False)[0]
+
+    def _teacher_forward(self, frozen: Any, images: jax.Array, with_blocks: bool):
+        """Teacher logits (and its blocks' outputs), behind ``stop_gradient``."""
         size = self.teacher.image_size
         height, width = (size, size) if isinstance(size, int) else size
         if images.shape[1:3] != (height, width):
             images = jax.image.resize(images, (images.shape[0], height, width, images.shape[3]),
                                       "bilinear")
-        logits = self.teacher.apply({"params": frozen["teacher"]}, images, train=False)
-        return jax.lax.stop_gradient(logits)
+        variables = {"params": frozen["teacher"]}
+        if not with_blocks:
+            logits = self.teacher.apply(variables, images, train=False)
+            return jax.lax.stop_gradient(logits), None
+        logits, state = self.teacher.apply(variables, images, train=False,
+                                           mutable=["intermediates"])
+        blocks = block_outputs(state, self.teacher.num_layers)
+        return jax.lax.stop_gradient((logits, blocks))
+
+    def _feature_terms(self, params: Any, student_blocks, teacher_blocks) -> dict[str, Any]:
+        """The weighted feature and attention losses, by name (empty when both weights are 0)."""
+        terms = {}
+        s_prefix, t_prefix = self.model.num_prefix_tokens, self.teacher.num_prefix_tokens
+        if self.feature_weight:
+            projection = None
+            if self.projection is not None:
+                def projection(hidden):
+                    return self.projection.apply({"params": params[PROJECTION]}, hidden)
+            loss_fn = (distill.hidden_state_mse if self.options.get("feature_loss", "mse")
+                       == "mse" else distill.hidden_state_cosine)
+            s_layers, t_layers = len(student_blocks), len(teacher_blocks)
+            losses = []
+            for i, (hidden, _) in enumerate(student_blocks):
+                teacher_hidden = teacher_blocks[-(-(i + 1) * t_layers // s_layers) - 1][0]
+                losses.append(loss_fn(hidden[:, s_prefix:], teacher_hidden[:, t_prefix:],
+                                      projection=projection))
+            terms["feature_loss"] = self.feature_weight * jnp.mean(jnp.stack(losses))
+        if self.attention_weight:
+            student_map = patch_attention(student_blocks[-1][1], s_prefix, self.teacher.num_heads)
+            teacher_map = patch_attention(teacher_blocks[-1][1], t_prefix, self.model.num_heads)
+            terms["attention_loss"] = self.attention_weight * distill.attention_kl(
+                student_map, teacher_map)
+        return terms
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
              frozen: Any) -> tuple[jax.Array, Metrics]:
@@ -89,9 +194,19 @@ class DistillationTask(ClassificationTask):
         onehot = jax.nn.one_hot(batch["label"], self.num_classes)
         images, targets = self._mix(mix_rng, batch["image"], onehot)
         labels = targets  # [batch, classes]: mixup/cutmix soft targets are kept as they are
-        teacher = self.teacher_logits(frozen, images)
-        outputs = self.model.apply({"params": params}, images, train=True,
-                                   rngs={"dropout": dropout_rng})
+        with_blocks = bool(self.feature_weight or self.attention_weight)
+        teacher, teacher_blocks = self._teacher_forward(frozen, images, with_blocks)
+        student_variables = {"params": student_only(params)}
+        if with_blocks:
+            outputs, state = self.model.apply(student_variables, images, train=True,
+                                              rngs={"dropout": dropout_rng},
+                                              mutable=["intermediates"])
+            terms = self._feature_terms(params, block_outputs(state, self.model.num_layers),
+                                        teacher_blocks)
+        else:
+            outputs = self.model.apply(student_variables, images, train=True,
+                                       rngs={"dropout": dropout_rng})
+            terms = {}
         smoothing = self.config.get("label_smoothing", 0.0)
         options = self.options
         if options.method == "deit_token":
@@ -110,7 +225,11 @@ class DistillationTask(ClassificationTask):
                                        alpha=options.alpha, reduction=options.reduction,
                                        label_smoothing=smoothing)
             student = outputs
-        return loss, {"agreement": distill.top1_agreement(student, teacher)}
+        metrics = {"agreement": distill.top1_agreement(student, teacher), **terms}
+        if terms:
+            metrics["logit_loss"] = loss
+            loss = loss + sum(terms.values())
+        return loss, metrics
 
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         sums = super().eval_sums(params, batch, frozen)
@@ -130,7 +249,7 @@ class DistillationTask(ClassificationTask):
         from trainer import compression_report
 
         dummy = self.dummy_batch(self.config.get("report_batch_size", 32))["image"]
-        models = {"student": (self.model, params)}
+        models = {"student": (self.model, student_only(params))}
         if "teacher" in frozen:
             teacher_images = np.zeros((dummy.shape[0], *self._teacher_image_shape()),
                                       np.float32)
