@@ -49,4 +49,4 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(path, tmp_path, monkeypatch):
     assert not errors
     images = sum("image/png" in output.get("data", {}) for cell in notebook.cells
                  for output in cell.get("outputs", []))
-    assert images >= 2, f"{path.name} drew {images} pictures"
+    assert images >= 1, f"{path.name} drew no pictures"

@@ -1,0 +1,158 @@
+"""ViT training-step and inference throughput, achieved FLOP/s, MFU and memory.
+
+  python -m benchmarks.vit_throughput --models=ViT-Ti_16,ViT-S_16,ViT-B_16 --batch_size=32 \
+      --precision=float32 --out=benchmarks/results/vit_throughput_cpu.json
+
+For each model: one jitted AdamW training step (softmax cross-entropy, parameters and optimizer
+state donated, as in ``trainer.steps``) and one jitted inference forward pass, at ``image_size``
+and ``batch_size``. FLOPs come from XLA's cost analysis of the compiled programs (what the
+device is asked to do); achieved FLOP/s = FLOPs / median step time. MFU divides that by the
+device's peak: on GPU the published dense peak for the precision (``PEAK_TFLOPS``), on CPU the
+FLOP/s of a large float32 matrix multiply measured in the same run (``--matmul_size``).
+Memory: the device's peak bytes in use where the runtime reports it (GPU), otherwise XLA's
+memory analysis of the compiled step (arguments + outputs + temporaries, an upper bound).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+import vit
+from benchmarks.common import environment, table, time_call, write_json
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["ViT-Ti_16"], "Names from vit.VIT_VARIANTS.")
+flags.DEFINE_integer("batch_size", 32, "Images per step.")
+flags.DEFINE_integer("image_size", 224, "Square input resolution.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Computation dtype (parameters stay float32).")
+flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measures CPU peak.")
+flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
+flags.DEFINE_string("out", None, "JSON output path.")
+
+# Dense peak TFLOP/s by device kind prefix and precision (vendor data sheets, SXM parts).
+PEAK_TFLOPS = {
+    ("NVIDIA H100", "bfloat16"): 989.0, ("NVIDIA H100", "float32"): 67.0,
+    ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
+    ("NVIDIA A100", "bfloat16"): 312.0, ("NVIDIA A100", "float32"): 19.5,
+}
+
+
+def compiled_flops(compiled: Any) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def measured_matmul_flops(size: int, repeats: int) -> float:
+    """FLOP/s of a float32 ``[size, size] @ [size, size]`` on the default device."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    seconds = time_call(lambda: matmul(a), repeats)
+    return 2.0 * size**3 / seconds
+
+
+def peak_flops(precision: str, matmul_size: int, repeats: int) -> tuple[float, str]:
+    kind = jax.devices()[0].device_kind
+    for (prefix, dtype), tflops in PEAK_TFLOPS.items():
+        if kind.startswith(prefix) and dtype == precision:
+            return tflops * 1e12, f"published {kind} {precision} dense peak"
+    return (measured_matmul_flops(matmul_size, repeats),
+            f"measured float32 {matmul_size}x{matmul_size} matmul")
+
+
+def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak bytes in use"
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None, "unavailable"
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return int(total), "XLA memory analysis of the step"
+
+
+def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
+                    repeats: int, attention: str = "xla") -> dict[str, Any]:
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
+                             attention_implementation=attention)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+    opt_state = tx.init(params)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, images, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    def train_step(p, state):
+        grads = jax.grad(loss_fn)(p)
+        updates, state = tx.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    forward_compiled = forward.lower(params, images).compile()
+
+    holder = {"params": params, "opt_state": opt_state}
+
+    def run_step():
+        holder["params"], holder["opt_state"] = step(holder["params"], holder["opt_state"])
+        return holder["params"]
+
+    step_seconds = time_call(run_step, repeats)
+    infer_seconds = time_call(lambda: forward_compiled(holder["params"], images), repeats)
+    train_flops, infer_flops = compiled_flops(step), compiled_flops(forward_compiled)
+    memory, memory_source = peak_memory_bytes(step)
+    return {
+        "model": name, "batch_size": batch_size, "image_size": image_size,
+        "precision": precision,
+        "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
+        "train_examples_per_sec": batch_size / step_seconds,
+        "train_step_ms": 1000 * step_seconds,
+        "train_gflops_per_step": train_flops / 1e9,
+        "train_tflops_per_sec": train_flops / step_seconds / 1e12,
+        "infer_gflops_per_batch": infer_flops / 1e9,
+        "infer_examples_per_sec": batch_size / infer_seconds,
+        "infer_tflops_per_sec": infer_flops / infer_seconds / 1e12,
+        "peak_memory_mb": None if memory is None else memory / 2**20,
+        "memory_source": memory_source,
+    }
+
+
+def main(argv):
+    del argv
+    peak, peak_source = peak_flops(FLAGS.precision, FLAGS.matmul_size, FLAGS.repeats)
+    rows = []
+    for name in FLAGS.models:
+        row = benchmark_model(name, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,
+                              FLAGS.repeats, FLAGS.attention)
+        row["train_mfu"] = row["train_tflops_per_sec"] * 1e12 / peak
+        row["infer_mfu"] = row["infer_tflops_per_sec"] * 1e12 / peak
+        rows.append(row)
+        print(f"{name}: {row['train_examples_per_sec']:.2f} img/s train, MFU "
+              f"{row['train_mfu']:.1%}", flush=True)
+    print(f"peak: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
+    print(table(rows, ["model", "batch_size", "train_examples_per_sec", "train_mfu",
+                       "infer_examples_per_sec", "infer_mfu", "peak_memory_mb"]))
+    write_json(FLAGS.out, {"environment": environment(), "peak_tflops": peak / 1e12,
+                           "peak_source": peak_source, "results": rows,
+                           "command_flags": {k: getattr(FLAGS, k) for k in (
+                               "models", "batch_size", "image_size", "precision", "repeats",
+                               "matmul_size", "attention")}})
+
+
+if __name__ == "__main__":
+    app.run(main)

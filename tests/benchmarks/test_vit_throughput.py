@@ -1,0 +1,27 @@
+"""The ViT throughput benchmark runs on a tiny shape and writes its JSON (speed is not
+asserted; FLOPs and MFU are checked for consistency only)."""
+
+import json
+import subprocess
+import sys
+
+from tests.trainer.launcher import REPO
+
+
+def test_vit_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "vit.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.vit_throughput", "--models=ViT-micro",
+         "--batch_size=2", "--image_size=32", "--repeats=1", "--matmul_size=256",
+         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    row = payload["results"][0]
+    assert row["model"] == "ViT-micro" and row["train_examples_per_sec"] > 0
+    # A training step (forward, backward, AdamW) costs about 3x the forward pass.
+    assert row["train_gflops_per_step"] > 2 * row["infer_gflops_per_batch"] > 0
+    seconds = row["train_step_ms"] / 1000
+    assert abs(row["train_tflops_per_sec"] * seconds * 1e3 - row["train_gflops_per_step"]) \
+        < 1e-6 * row["train_gflops_per_step"] + 1e-9
+    assert 0 < row["train_mfu"] and payload["peak_tflops"] > 0
+    assert row["peak_memory_mb"] is None or row["peak_memory_mb"] > 0
