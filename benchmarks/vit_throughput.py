@@ -5,10 +5,11 @@
 
 For each model: one jitted AdamW training step (softmax cross-entropy, parameters and optimizer
 state donated, as in ``trainer.steps``) and one jitted inference forward pass, at ``image_size``
-and ``batch_size``. FLOPs come from XLA's cost analysis of the compiled programs (what the
-device is asked to do); achieved FLOP/s = FLOPs / median step time. MFU divides that by the
-device's peak: on GPU the published dense peak for the precision (``PEAK_TFLOPS``), on CPU the
-FLOP/s of a large float32 matrix multiply measured in the same run (``--matmul_size``).
+and ``batch_size``. FLOPs come from XLA's cost analysis of the lowered programs (the model's
+arithmetic, the count the launcher's ``train/mfu`` uses: ``trainer.throughput``); achieved
+FLOP/s = FLOPs / median step time. MFU divides that by the device's peak: on GPU/TPU the
+published dense peak for the precision (``trainer.throughput.PEAK_TFLOPS``), on CPU the FLOP/s
+of a large float32 matrix multiply measured in the same run (``--matmul_size``).
 Memory: the device's peak bytes in use where the runtime reports it (GPU), otherwise XLA's
 memory analysis of the compiled step (arguments + outputs + temporaries, an upper bound).
 """
@@ -25,6 +26,7 @@ from absl import app, flags
 
 import vit
 from benchmarks.common import environment, table, time_call, write_json
+from trainer.throughput import lowered_flops, peak_flops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ViT-Ti_16"], "Names from vit.VIT_VARIANTS.")
@@ -36,38 +38,6 @@ flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measures CPU peak.")
 flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
 flags.DEFINE_string("out", None, "JSON output path.")
-
-# Dense peak TFLOP/s by device kind prefix and precision (vendor data sheets, SXM parts).
-PEAK_TFLOPS = {
-    ("NVIDIA H100", "bfloat16"): 989.0, ("NVIDIA H100", "float32"): 67.0,
-    ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
-    ("NVIDIA A100", "bfloat16"): 312.0, ("NVIDIA A100", "float32"): 19.5,
-}
-
-
-def compiled_flops(compiled: Any) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
-
-def measured_matmul_flops(size: int, repeats: int) -> float:
-    """FLOP/s of a float32 ``[size, size] @ [size, size]`` on the default device."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    seconds = time_call(lambda: matmul(a), repeats)
-    return 2.0 * size**3 / seconds
-
-
-def peak_flops(precision: str, matmul_size: int, repeats: int) -> tuple[float, str]:
-    kind = jax.devices()[0].device_kind
-    for (prefix, dtype), tflops in PEAK_TFLOPS.items():
-        if kind.startswith(prefix) and dtype == precision:
-            return tflops * 1e12, f"published {kind} {precision} dense peak"
-    return (measured_matmul_flops(matmul_size, repeats),
-            f"measured float32 {matmul_size}x{matmul_size} matmul")
-
 
 def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
     stats = jax.devices()[0].memory_stats() or {}
@@ -102,8 +72,12 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
         updates, state = tx.update(grads, state, p)
         return optax.apply_updates(p, updates), state
 
-    step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
+    step_jit = jax.jit(train_step, donate_argnums=(0, 1))
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    # The launcher's count (trainer.throughput): the lowered program's FLOPs.
+    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state),
+                                lowered_flops(forward, params, images))
+    step = step_jit.lower(params, opt_state).compile()
     forward_compiled = forward.lower(params, images).compile()
 
     holder = {"params": params, "opt_state": opt_state}
@@ -114,7 +88,6 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
 
     step_seconds = time_call(run_step, repeats)
     infer_seconds = time_call(lambda: forward_compiled(holder["params"], images), repeats)
-    train_flops, infer_flops = compiled_flops(step), compiled_flops(forward_compiled)
     memory, memory_source = peak_memory_bytes(step)
     return {
         "model": name, "batch_size": batch_size, "image_size": image_size,
@@ -134,7 +107,7 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
 
 def main(argv):
     del argv
-    peak, peak_source = peak_flops(FLAGS.precision, FLAGS.matmul_size, FLAGS.repeats)
+    peak, peak_source = peak_flops(FLAGS.precision, FLAGS.matmul_size)
     rows = []
     for name in FLAGS.models:
         row = benchmark_model(name, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,

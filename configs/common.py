@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0,
                                                   switch_prob=0.5))
     config.mixed_precision = False
+    config.log_mfu = True  # train/mfu: XLA-counted step FLOPs over the device peak
     config.pack_examples = False
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from trainer import checkpointing, config_validation, partitioning
+from trainer import checkpointing, config_validation, partitioning, throughput
 from trainer.metrics import MetricWriter, truncate_metrics
 from trainer.optimizers import make_optimizer
 from trainer.steps import TrainState, init_state, make_eval_step, make_train_step
@@ -184,6 +184,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     run_start = time.time()
     timer_start, timer_step = time.time(), start_step
     steps_done = 0
+    step_flops, peak = 0.0, 0.0  # for train/mfu, set at the first step
     step = start_step
 
     def save(at_step: int) -> None:
@@ -193,9 +194,19 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         try:
             while step < total_steps:
                 batch = next(train_iter)
+                global_batch = partitioning.global_batch(batch, mesh)
                 if step == start_step:
                     task.check_batch(batch, "training batch")
-                state, metrics = train_step(state, partitioning.global_batch(batch, mesh), frozen)
+                    if config.get("log_mfu", True):
+                        # Lowering is traced once and reused by the call below.
+                        step_flops = throughput.lowered_flops(train_step, state, global_batch,
+                                                              frozen)
+                        peak, peak_source = throughput.peak_flops(
+                            "bfloat16" if config.get("mixed_precision") else "float32")
+                        writer.text(f"train step: {step_flops / 1e9:,.4g} GFLOP (XLA cost "
+                                    f"analysis); peak {peak / 1e12:,.4g} TFLOP/s "
+                                    f"({peak_source})")
+                state, metrics = train_step(state, global_batch, frozen)
                 step += 1
                 steps_done += 1
                 pending.append(metrics)
@@ -210,8 +221,11 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     scalars = _host_scalars(pending, pending_first_step)
                     pending, pending_first_step = [], step
                     now = time.time()
+                    elapsed = max(now - timer_start, 1e-9)
                     scalars["train/examples_per_sec"] = (
-                        (step - timer_step) * config.batch_size / max(now - timer_start, 1e-9))
+                        (step - timer_step) * config.batch_size / elapsed)
+                    if step_flops and peak:
+                        scalars["train/mfu"] = (step - timer_step) * step_flops / elapsed / peak
                     timer_start, timer_step = now, step
                     if eval_now:
                         last_eval = evaluate(task, eval_step, state.params, frozen, mesh,

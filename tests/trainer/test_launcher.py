@@ -9,13 +9,17 @@ from tests.trainer.launcher import run_launcher
 from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS
 from trainer.metrics import read_metrics
 
-TRAIN_KEYS = {"step", "train/loss", "train/learning_rate", "train/examples_per_sec"}
+TRAIN_KEYS = {"step", "train/loss", "train/learning_rate", "train/examples_per_sec",
+              "train/mfu"}
 
 
 def _check_outputs(workdir, eval_keys):
     records = read_metrics(workdir)
     assert [r["step"] for r in records] == [2, 3, 4, 6]
     assert all(TRAIN_KEYS <= set(r) for r in records)
+    # Model FLOPs utilisation: the step's XLA-counted FLOPs over the measured peak (a matmul
+    # timed at start; other test processes share the CPU, so only its sign is certain).
+    assert all(0.0 < r["train/mfu"] < float("inf") for r in records)
     assert eval_keys <= set(records[1]) and eval_keys <= set(records[-1])
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     event_files = os.listdir(os.path.join(workdir, "tensorboard"))
