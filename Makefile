@@ -7,7 +7,7 @@ WORKDIR ?= workdirs/vit_digits
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-quick lint clean
+.PHONY: demo test test-all test-quick lint clean
 
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,15 @@ $(VENV)/.installed: setup.py Makefile
 demo: $(VENV)/.installed
 	$(PY) -m trainer.main --config=configs/vit_digits.py --workdir=$(WORKDIR)
 
+# What CI runs: everything but the `acceptance` training runs (make test-all adds them).
 test: $(VENV)/.installed
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 -m "not acceptance"
+
+test-all: $(VENV)/.installed
 	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 test-quick: $(VENV)/.installed
-	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not acceptance"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

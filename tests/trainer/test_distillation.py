@@ -26,8 +26,10 @@ def teacher_workdir(tmp_path_factory, digits_data_dir):
     return workdir
 
 
-@pytest.mark.parametrize("method", ["soft", pytest.param("hard", marks=pytest.mark.slow),
-                                    pytest.param("deit_token", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", [
+    "soft",
+    pytest.param("hard", marks=(pytest.mark.slow, pytest.mark.acceptance)),
+    pytest.param("deit_token", marks=(pytest.mark.slow, pytest.mark.acceptance))])
 def test_distillation_through_launcher(tmp_path, digits_data_dir, teacher_workdir, method):
     teacher_before = restore_params(teacher_workdir)
     workdir = str(tmp_path / "student")
