@@ -18,15 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import app, flags
 
-import vit
 from benchmarks.common import environment, table, time_call, write_json
-from trainer.throughput import lowered_flops, peak_flops
+from benchmarks.vit_steps import peak_memory_bytes, training_step
+from trainer.throughput import peak_flops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ViT-Ti_16"], "Names from vit.VIT_VARIANTS.")
@@ -39,60 +35,18 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measur
 flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
 flags.DEFINE_string("out", None, "JSON output path.")
 
-def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device peak bytes in use"
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None, "unavailable"
-    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-    return int(total), "XLA memory analysis of the step"
-
-
 def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
                     repeats: int, attention: str = "xla") -> dict[str, Any]:
-    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
-                             attention_implementation=attention)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
-    tx = optax.adamw(1e-3, weight_decay=0.05)
-    opt_state = tx.init(params)
-
-    def loss_fn(p):
-        logits = model.apply({"params": p}, images, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    def train_step(p, state):
-        grads = jax.grad(loss_fn)(p)
-        updates, state = tx.update(grads, state, p)
-        return optax.apply_updates(p, updates), state
-
-    step_jit = jax.jit(train_step, donate_argnums=(0, 1))
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-    # The launcher's count (trainer.throughput): the lowered program's FLOPs.
-    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state),
-                                lowered_flops(forward, params, images))
-    step = step_jit.lower(params, opt_state).compile()
-    forward_compiled = forward.lower(params, images).compile()
-
-    holder = {"params": params, "opt_state": opt_state}
-
-    def run_step():
-        holder["params"], holder["opt_state"] = step(holder["params"], holder["opt_state"])
-        return holder["params"]
-
-    step_seconds = time_call(run_step, repeats)
-    infer_seconds = time_call(lambda: forward_compiled(holder["params"], images), repeats)
-    memory, memory_source = peak_memory_bytes(step)
+    built = training_step(name, batch_size, image_size, precision, attention)
+    step_seconds = time_call(built["run_step"], repeats)
+    holder, images = built["holder"], built["images"]
+    infer_seconds = time_call(lambda: built["forward"](holder["params"], images), repeats)
+    memory, memory_source = peak_memory_bytes(built["compiled_step"])
+    train_flops, infer_flops = built["train_flops"], built["infer_flops"]
     return {
         "model": name, "batch_size": batch_size, "image_size": image_size,
         "precision": precision,
-        "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
+        "parameters": built["parameters"],
         "train_examples_per_sec": batch_size / step_seconds,
         "train_step_ms": 1000 * step_seconds,
         "train_gflops_per_step": train_flops / 1e9,

@@ -44,6 +44,9 @@ def get_config(arg: str | None = "soft"):
         alpha=0.5,
         reduction="batchmean",
         token_type="hard",
+        # More training images, whose labels are never read: learnt from the teacher alone
+        # (e.g. "train[10%:]" with dataset.train_split="train[:10%]"; docs/distillation.md).
+        unlabelled_split="",
         # TinyBERT/MiniLM terms, added to the method's loss (0: off); see
         # trainer/tasks/distillation.py for the layer map and the projection.
         feature_weight=0.0,

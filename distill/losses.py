@@ -10,6 +10,11 @@ Conventions shared by every function here:
   ``[batch, length, vocab]`` for token-level distillation); "example" then means one position of
   the leading axes. ``weights`` (``[...]``, 0 for padding) turns every mean into a weighted mean,
   so padded evaluation batches give the same number as the unpadded batch.
+- ``label_weights`` (``[...]``, 1 labelled, 0 unlabelled; fractional after mixup) multiply
+  the label term of each example, while the teacher term covers every example: distillation
+  on a transfer set of which only a part is labelled (Hinton et al., 2015, §2; "function
+  matching" on unlabelled images, Beyer et al., 2022). The mean is still over all examples,
+  so each labelled example weighs as much as it would in a fully labelled batch.
 - Hyper-parameters (``temperature``, ``alpha``, ``label_smoothing``) are checked when they are
   Python numbers; traced values (e.g. a temperature schedule inside ``jit``) are not checked.
 """
@@ -81,6 +86,11 @@ def _weighted_mean(values: Array, weights: ArrayLike | None) -> Array:
     total = jnp.sum(jnp.where(weights != 0, values * weights, 0.0))
     # A fully padded batch (Σ w = 0) gives 0 rather than 0/0.
     return total / jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
+
+
+def _labelled(label_term: Array, label_weights: ArrayLike | None) -> Array:
+    """The per-example label term, zero where ``label_weights`` is 0 (unlabelled)."""
+    return label_term if label_weights is None else label_term * _float32(label_weights)
 
 
 def _cross_entropy(logits: ArrayLike, labels: ArrayLike, label_smoothing: float) -> Array:
@@ -170,6 +180,7 @@ def hinton_loss(
     reduction: str = "batchmean",
     label_smoothing: float = 0.0,
     weights: ArrayLike | None = None,
+    label_weights: ArrayLike | None = None,
 ) -> Array:
     """Hinton et al. (2015): (1 − α) · CE(z_s, y) + α · T² · KL(p_t ‖ p_s).
 
@@ -184,6 +195,8 @@ def hinton_loss(
         with the soft term summed over classes.
       label_smoothing: ε in [0, 1) for the label term.
       weights: optional ``[batch]`` example weights, 0 for padding.
+      label_weights: optional ``[batch]``, 0 for unlabelled examples: multiplies each
+        example's label term.
     """
     _check_fraction("alpha", alpha)
     _check_reduction(reduction)
@@ -191,7 +204,7 @@ def hinton_loss(
     soft_term = soft_distillation_loss(student_logits, teacher_logits, temperature, "none")
     if reduction == "mean":
         soft_term = soft_term / jnp.shape(student_logits)[-1]
-    per_example = (1.0 - alpha) * label_term + alpha * soft_term
+    per_example = (1.0 - alpha) * _labelled(label_term, label_weights) + alpha * soft_term
     return per_example if reduction == "none" else _weighted_mean(per_example, weights)
 
 
@@ -202,6 +215,7 @@ def hard_distillation_loss(
     label_smoothing: float = 0.0,
     *,
     weights: ArrayLike | None = None,
+    label_weights: ArrayLike | None = None,
 ) -> Array:
     """DeiT hard distillation (Touvron et al., 2021), for a single head::
 
@@ -215,6 +229,8 @@ def hard_distillation_loss(
       labels: integer ids ``[batch]``, or target distributions ``[batch, K]`` (mixup).
       label_smoothing: ε in [0, 1).
       weights: optional ``[batch]`` example weights, 0 for padding.
+      label_weights: optional ``[batch]``, 0 for unlabelled examples: multiplies each
+        example's label term.
 
     Returns:
       A float32 scalar.
@@ -224,7 +240,8 @@ def hard_distillation_loss(
     _check_same_shape("hard_distillation_loss logits", student, teacher)
     label_term = _cross_entropy(student, labels, label_smoothing)
     teacher_term = _cross_entropy(student, jnp.argmax(teacher, axis=-1), 0.0)
-    return _weighted_mean(0.5 * label_term + 0.5 * teacher_term, weights)
+    return _weighted_mean(0.5 * _labelled(label_term, label_weights) + 0.5 * teacher_term,
+                          weights)
 
 
 def deit_distillation_token_loss(
@@ -238,6 +255,7 @@ def deit_distillation_token_loss(
     temperature: float = 1.0,
     label_smoothing: float = 0.0,
     weights: ArrayLike | None = None,
+    label_weights: ArrayLike | None = None,
 ) -> Array:
     """DeiT with a distillation token: the class head learns from the labels, the distillation
     head (never the class head) from the teacher::
@@ -258,12 +276,15 @@ def deit_distillation_token_loss(
       temperature: T > 0, used by ``"soft"`` only (DeiT: 1).
       label_smoothing: ε in [0, 1) for the label term.
       weights: optional ``[batch]`` example weights, 0 for padding.
+      label_weights: optional ``[batch]``, 0 for unlabelled examples: multiplies each
+        example's label term.
     """
     if distillation_type not in DISTILLATION_TYPES:
         raise ValueError(f"distillation_type={distillation_type!r} is not supported; expected "
                          f"one of {DISTILLATION_TYPES}")
     _check_fraction("alpha", alpha)
-    label_loss = _weighted_mean(_cross_entropy(cls_logits, labels, label_smoothing), weights)
+    label_loss = _weighted_mean(
+        _labelled(_cross_entropy(cls_logits, labels, label_smoothing), label_weights), weights)
     if distillation_type == "none":
         return label_loss
     student = _float32(dist_logits)

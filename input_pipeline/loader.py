@@ -8,6 +8,8 @@ a restored iterator yields exactly the batches the original would have.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,6 +17,50 @@ import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+
+
+class EpochShuffle(grain.MapDataset):
+    """The parent repeated forever, each epoch in its own random order.
+
+    Element ``i`` is element ``perm_e[i mod n]`` of the parent, ``e = i // n``, where
+    ``perm_e = numpy.random.default_rng([seed, e]).permutation(n)``: a pure function of the
+    index, so every host and a restored iterator agree on the order. Written here instead of
+    grain's ``shuffle().repeat()`` because that draws each index through ``index_shuffle``,
+    which cost 0.5 ms per example on a 2-core CPU (cProfile, grain 0.2.18): 70 ms of a 128-image
+    digits batch, more than reading and decoding it. One permutation per epoch costs O(n)
+    once (about 20 ms for ImageNet's 1.28M) and the last two are kept.
+    """
+
+    def __init__(self, parent: grain.MapDataset, seed: int) -> None:
+        super().__init__(parent)
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed={seed} must be in [0, 2**32)")
+        self._seed = int(seed)
+        self._permutations: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # grain's prefetch threads read concurrently
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __str__(self) -> str:
+        return f"EpochShuffle(seed={self._seed})"
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            permutation = self._permutations.get(epoch)
+            if permutation is None:
+                rng = np.random.default_rng([self._seed, epoch])
+                permutation = rng.permutation(len(self._parent))
+                self._permutations = {e: p for e, p in self._permutations.items()
+                                      if e >= epoch - 1}
+                self._permutations[epoch] = permutation
+            return permutation
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, len(self._parent))
+        return self._parent[int(self._permutation(epoch)[position])]
 
 
 def _check_sharding(global_batch_size: int, process_index: int, process_count: int,
@@ -71,7 +117,7 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     if len(source) < global_batch_size:
         raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of "
                          f"{global_batch_size}: lower batch_size")
-    dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    dataset = EpochShuffle(grain.MapDataset.source(source).seed(seed), seed)
     if pack_length:
         dataset = _apply(dataset[process_index::process_count], transforms)
         dataset = dataset.map(_TrimPadding(pack_keys)).to_iter_dataset()

@@ -282,6 +282,43 @@ def test_deit_token_loss_sends_teacher_signal_only_to_distillation_head():
             + 0.5 * float(loss(cls_logits, dist_logits, 1.0)), rel=1e-6)
 
 
+def test_label_weights_restrict_the_label_term_to_labelled_examples():
+    """Transfer-set distillation: labels of unlabelled examples (weight 0) change nothing; each
+    example's label term is multiplied by its weight, and the mean is over all examples."""
+    s, t = random_logits(26, 4, 5), random_logits(27, 4, 5)
+    labels = jnp.array([0, 2, 1, 4])
+    relabelled = jnp.array([0, 2, 3, 3])  # differs only where the weight is 0
+    weights = jnp.array([1.0, 1.0, 0.0, 0.0])
+    ce = np_ce(s, np.eye(5)[labels])
+    kl = np_kl_per_example(s, t, 2.0)
+    teacher_ce = np_ce(s, np.eye(5)[np.argmax(np.asarray(t), -1)])
+    cases = {
+        "hinton": (lambda y: distill.hinton_loss(s, t, y, temperature=2.0, alpha=0.25,
+                                                 label_weights=weights),
+                   0.75 * ce[:2].sum() / 4 + 0.25 * kl.mean()),
+        "hard": (lambda y: distill.hard_distillation_loss(s, t, y, label_weights=weights),
+                 0.5 * ce[:2].sum() / 4 + 0.5 * teacher_ce.mean()),
+        "deit_token": (lambda y: distill.deit_distillation_token_loss(
+            s, s, t, y, distillation_type="hard", alpha=0.25, label_weights=weights),
+            0.75 * ce[:2].sum() / 4 + 0.25 * teacher_ce.mean()),
+    }
+    for name, (loss, expected) in cases.items():
+        assert float(loss(labels)) == pytest.approx(expected, rel=1e-5), name
+        assert float(loss(relabelled)) == pytest.approx(expected, rel=1e-5), name
+    # All ones is the ordinary loss; padding weights multiply the label weights.
+    assert float(distill.hinton_loss(s, t, labels, temperature=2.0, alpha=0.25,
+                                     label_weights=jnp.ones(4))) == pytest.approx(
+        float(distill.hinton_loss(s, t, labels, temperature=2.0, alpha=0.25)), rel=1e-6)
+    padded = distill.hinton_loss(s, t, labels, temperature=2.0, alpha=0.25,
+                                 weights=jnp.array([1.0, 0.0, 1.0, 1.0]), label_weights=weights)
+    assert float(padded) == pytest.approx(0.75 * ce[0] / 3 + 0.25 * kl[[0, 2, 3]].mean(),
+                                          rel=1e-5)
+    per_example = distill.hinton_loss(s, t, labels, temperature=2.0, alpha=0.25,
+                                      reduction="none", label_weights=weights)
+    np.testing.assert_allclose(per_example, 0.75 * ce * np.asarray(weights) + 0.25 * kl,
+                               rtol=1e-5)
+
+
 def test_no_gradient_reaches_the_teacher():
     s, t = random_logits(22, 4, 5), random_logits(23, 4, 5)
     labels = jnp.array([0, 1, 3, 4])

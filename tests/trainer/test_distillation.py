@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.flatten_util
 import numpy as np
 import pytest
 
@@ -33,8 +34,11 @@ def teacher_workdir(tmp_path_factory, digits_data_dir):
 def test_distillation_through_launcher(tmp_path, digits_data_dir, teacher_workdir, method):
     teacher_before = restore_params(teacher_workdir)
     workdir = str(tmp_path / "student")
+    # The soft run also takes the transfer-set path: labels for a fifth of the images only.
+    transfer = (("--config.dataset.train_split=train[:20%]",
+                 "--config.distill.unlabelled_split=train[20%:]") if method == "soft" else ())
     result = run_launcher(
-        f"configs/distill_digits.py:{method}", workdir, *STEP_FLAGS, *TEACHER_FLAGS,
+        f"configs/distill_digits.py:{method}", workdir, *STEP_FLAGS, *TEACHER_FLAGS, *transfer,
         f"--config.distill.teacher_checkpoint={teacher_workdir}",
         f"--config.dataset.data_dir={digits_data_dir}", "--config.report_batch_size=8")
     assert "compression report" in result.stdout
@@ -74,6 +78,50 @@ def test_teacher_is_frozen_inside_the_step(digits_data_dir, teacher_workdir):
                      argnums=(0, 1))(params, frozen)
     assert all(np.all(g == 0) for g in jax.tree.leaves(grads[1]))
     assert any(np.any(g != 0) for g in jax.tree.leaves(grads[0]))
+
+
+def _transfer_task(teacher_workdir, digits_data_dir, method="soft", unlabelled="train[10%:]"):
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config(method)
+    for key, value in TEACHER.items():
+        config.distill.teacher_model[key] = value
+    config.distill.teacher_checkpoint = teacher_workdir
+    config.dataset.data_dir = digits_data_dir
+    config.dataset.train_split = "train[:10%]"
+    config.distill.unlabelled_split = unlabelled
+    return create_task(config)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "deit_token"])
+def test_unlabelled_images_teach_through_the_teacher_only(digits_data_dir, teacher_workdir,
+                                                          method):
+    """With distill.unlabelled_split the batches carry label_weight (1 for the labelled tenth)
+    and the loss does not depend on the labels of unlabelled images, even after mixup."""
+    task = _transfer_task(teacher_workdir, digits_data_dir, method)
+    batch = next(iter(task.train_iterator(0, 1)))
+    assert set(np.unique(batch["label_weight"])) == {0.0, 1.0}
+    assert np.all(batch["label"][batch["label_weight"] == 0] == 0)
+    params = task.init_params(jax.random.key(0), task.dummy_batch(2))
+    frozen = task.frozen_variables()
+    # Gradients, not loss values: the zero-initialised head predicts uniformly, so its
+    # cross-entropy is log(10) whatever the label, but its gradient is softmax - target.
+    grad = jax.jit(lambda b: jax.flatten_util.ravel_pytree(jax.grad(
+        lambda p: task.loss(p, b, jax.random.key(1), frozen)[0])(params))[0])
+    reference = np.asarray(grad(batch))
+    relabelled = dict(batch, label=np.where(batch["label_weight"] == 0, 7, batch["label"]))
+    np.testing.assert_allclose(grad(relabelled), reference, rtol=1e-6, atol=1e-9)
+    flipped = dict(batch, label=np.where(batch["label_weight"] == 1,
+                                         (batch["label"] + 1) % 10, batch["label"]))
+    assert np.abs(np.asarray(grad(flipped)) - reference).max() > 1e-4
+
+
+def test_unlabelled_split_needs_a_teacher_and_another_split(digits_data_dir, teacher_workdir):
+    with pytest.raises(ValueError, match="unlabelled_split.*method='none'"):
+        _transfer_task(teacher_workdir, digits_data_dir, "none")
+    with pytest.raises(ValueError, match="must differ"):
+        _transfer_task(teacher_workdir, digits_data_dir, unlabelled="train[:10%]")
 
 
 def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path, digits_data_dir):

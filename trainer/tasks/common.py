@@ -41,9 +41,11 @@ def data_source(config: Any, split: str) -> Any:
 
 
 def train_iterator(config: Any, transforms: list, process_index: int,
-                   process_count: int, **loader_options: Any) -> Iterator[Batch]:
+                   process_count: int, source: Any = None,
+                   **loader_options: Any) -> Iterator[Batch]:
+    """Training batches of ``source`` (default: ``config.dataset.train_split``)."""
     return input_pipeline.make_train_loader(
-        data_source(config, config.dataset.train_split),
+        source if source is not None else data_source(config, config.dataset.train_split),
         global_batch_size=config.batch_size,
         transforms=transforms,
         seed=config.seed,

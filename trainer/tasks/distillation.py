@@ -10,7 +10,10 @@ Config (``config.distill``): ``method`` — ``"soft"`` (Hinton: (1−α)·CE + �
 ``distillation_token=True``) or ``"none"`` (student from scratch); ``temperature``, ``alpha``,
 ``reduction`` (``batchmean``/``mean``); ``teacher_model`` (a ``config.model``-like ViT
 description); ``teacher_checkpoint`` — a workdir of this project (orbax) or an official-layout
-``.npz``.
+``.npz``; ``unlabelled_split`` (optional) — more training images whose labels are never read:
+the student sees them with ``dataset.train_split`` in one shuffled stream and learns them from
+the teacher alone (a transfer set, Hinton et al., 2015; function matching, Beyer et al., 2022):
+their label terms are weighted 0 (``distill.losses``, ``label_weights``).
 
 Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
 ``feature_weight`` × the hidden-state loss (``feature_loss``: ``"mse"`` or ``"cosine"``) over
@@ -35,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import distill
+import input_pipeline
 import vit
+from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, masked_sum, register_task
 from trainer.tasks.classification import ClassificationTask, build_vit
 
@@ -99,6 +104,14 @@ class DistillationTask(ClassificationTask):
                              f"together; got method={options.method!r}, distillation_token="
                              f"{self.model.distillation_token}")
         self.options = options
+        self.unlabelled_split = options.get("unlabelled_split", "") or ""
+        if self.unlabelled_split and options.method == "none":
+            raise ValueError(
+                f"distill.unlabelled_split={self.unlabelled_split!r} needs a teacher to learn "
+                "from; distill.method='none' trains on labels alone (set the split to '')")
+        if self.unlabelled_split == config.dataset.train_split:
+            raise ValueError(f"distill.unlabelled_split={self.unlabelled_split!r} must differ "
+                             f"from dataset.train_split (the labelled examples)")
         self.feature_weight = float(options.get("feature_weight", 0.0))
         self.attention_weight = float(options.get("attention_weight", 0.0))
         if (self.feature_weight or self.attention_weight) and options.method == "none":
@@ -121,6 +134,41 @@ class DistillationTask(ClassificationTask):
         self.projection = None
         if self.feature_weight and self.model.hidden_size != self.teacher.hidden_size:
             self.projection = distill.FeatureProjection(self.teacher.hidden_size)
+
+    def train_iterator(self, process_index: int, process_count: int):
+        if not self.unlabelled_split:
+            return super().train_iterator(process_index, process_count)
+        source = input_pipeline.PartiallyLabelled(
+            common.data_source(self.config, self.config.dataset.train_split),
+            common.data_source(self.config, self.unlabelled_split))
+        transforms = input_pipeline.parse_preprocess(self.config.pp_train)
+        return common.train_iterator(self.config, transforms, process_index, process_count,
+                                     source=source)
+
+    def dummy_batch(self, batch_size: int) -> Batch:
+        batch = super().dummy_batch(batch_size)
+        if self.unlabelled_split:
+            batch["label_weight"] = np.ones((batch_size,), np.float32)
+        return batch
+
+    def _mixed_targets(self, rng: jax.Array, batch: Batch):
+        """Mixed images ``[B, H, W, C]``, label targets ``[B, K]`` and label weights ``[B]``
+        (``None`` when every example is labelled).
+
+        Mixup pairs labelled with unlabelled images, so the label weights are mixed as the
+        targets are: the target of a mixed pair is the label distribution of its labelled
+        part, weighted by that part's share (λ·w_i + (1 − λ)·w_j).
+        """
+        onehot = jax.nn.one_hot(batch["label"], self.num_classes)
+        if "label_weight" not in batch:
+            images, targets = self._mix(rng, batch["image"], onehot)
+            return images, targets, None
+        weight = batch["label_weight"].astype(jnp.float32)[:, None]
+        images, mixed = self._mix(rng, batch["image"],
+                                  jnp.concatenate([onehot * weight, weight], axis=-1))
+        label_weights = mixed[:, -1]
+        targets = mixed[:, :-1] / jnp.maximum(label_weights, 1e-6)[:, None]
+        return images, targets, label_weights
 
     def init_params(self, rng: jax.Array, batch: Batch) -> Any:
         student_rng, projection_rng = jax.random.split(rng)
@@ -191,9 +239,8 @@ class DistillationTask(ClassificationTask):
         if self.options.method == "none":
             return super().loss(params, batch, rng, frozen)
         mix_rng, dropout_rng = jax.random.split(rng)
-        onehot = jax.nn.one_hot(batch["label"], self.num_classes)
-        images, targets = self._mix(mix_rng, batch["image"], onehot)
-        labels = targets  # [batch, classes]: mixup/cutmix soft targets are kept as they are
+        # [batch, classes]: mixup/cutmix soft targets are kept as they are
+        images, labels, label_weights = self._mixed_targets(mix_rng, batch)
         with_blocks = bool(self.feature_weight or self.attention_weight)
         teacher, teacher_blocks = self._teacher_forward(frozen, images, with_blocks)
         student_variables = {"params": student_only(params)}
@@ -214,16 +261,17 @@ class DistillationTask(ClassificationTask):
             loss = distill.deit_distillation_token_loss(
                 cls_logits, dist_logits, teacher, labels, distillation_type=options.token_type,
                 alpha=options.alpha, temperature=options.temperature,
-                label_smoothing=smoothing)
+                label_smoothing=smoothing, label_weights=label_weights)
             student = distill.deit_inference_logits(cls_logits, dist_logits)
         elif options.method == "hard":
             loss = distill.hard_distillation_loss(outputs, teacher, labels,
-                                                  label_smoothing=smoothing)
+                                                  label_smoothing=smoothing,
+                                                  label_weights=label_weights)
             student = outputs
         else:
             loss = distill.hinton_loss(outputs, teacher, labels, temperature=options.temperature,
                                        alpha=options.alpha, reduction=options.reduction,
-                                       label_smoothing=smoothing)
+                                       label_smoothing=smoothing, label_weights=label_weights)
             student = outputs
         metrics = {"agreement": distill.top1_agreement(student, teacher), **terms}
         if terms:

@@ -1,0 +1,72 @@
+"""Our ViT training step and inference pass, built once and ready to time (no flags here, so
+every benchmark can import it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import vit
+from trainer.throughput import lowered_flops
+
+
+def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak bytes in use"
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None, "unavailable"
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    return int(total), "XLA memory analysis of the step"
+
+
+def training_step(name: str, batch_size: int, image_size: int, precision: str,
+                  attention: str = "xla") -> dict[str, Any]:
+    """Our jitted AdamW training step on random data, ready to time.
+
+    Returns ``run_step`` (one step, updating the held state; returns the new parameters to
+    block on), ``forward`` (jitted inference on the batch), ``train_flops`` and
+    ``infer_flops`` (XLA's count of the lowered programs), ``compiled_step``, ``params`` and
+    the ``images`` batch ``[batch_size, image_size, image_size, 3]``.
+    """
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
+                             attention_implementation=attention)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    tx = optax.adamw(1e-3, weight_decay=0.05)
+    opt_state = tx.init(params)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, images, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    def train_step(p, state):
+        grads = jax.grad(loss_fn)(p)
+        updates, state = tx.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    step_jit = jax.jit(train_step, donate_argnums=(0, 1))
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    # The launcher's count (trainer.throughput): the lowered program's FLOPs.
+    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state),
+                                lowered_flops(forward, params, images))
+    step = step_jit.lower(params, opt_state).compile()
+    holder = {"params": params, "opt_state": opt_state}
+
+    def run_step():
+        holder["params"], holder["opt_state"] = step(holder["params"], holder["opt_state"])
+        return holder["params"]
+
+    return {"run_step": run_step, "forward": forward.lower(params, images).compile(),
+            "holder": holder, "images": images, "train_flops": train_flops,
+            "infer_flops": infer_flops, "compiled_step": step,
+            "parameters": int(sum(x.size for x in jax.tree.leaves(params)))}

@@ -1,0 +1,57 @@
+"""A training source of which only a part is labelled: for distillation on a transfer set.
+
+Hinton et al. (2015) distil on a "transfer set" that may be unlabelled, and Beyer et al. (2022)
+match the teacher's function on images the student has no labels for. Here the labelled and
+the unlabelled examples are one random-access source for grain, so one shuffled order, the
+iterator checkpoints and multi-host sharding all work as for a plain split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class PartiallyLabelled:
+    """The examples of ``labelled`` followed by those of ``unlabelled``.
+
+    Every example gets ``label_weight`` float32 (1.0 labelled, 0.0 unlabelled). An unlabelled
+    example's ``label`` is replaced by 0, so nothing downstream can learn from a label the
+    setting says is unknown; it is added when the unlabelled source has none.
+
+    The two sources must be disjoint (e.g. TFDS splits ``train[:10%]`` and ``train[10%:]``);
+    that is the caller's promise, as it cannot be checked from the examples.
+    """
+
+    def __init__(self, labelled: Any, unlabelled: Any) -> None:
+        if len(labelled) == 0:
+            raise ValueError("the labelled source is empty: a partially labelled training set "
+                             "needs at least one labelled example")
+        if len(unlabelled) == 0:
+            raise ValueError("the unlabelled source is empty; drop it instead")
+        self.labelled, self.unlabelled = labelled, unlabelled
+        first = labelled[0]
+        if "label" not in first:
+            raise ValueError(f"labelled examples need a 'label'; got keys {sorted(first)}")
+        self._label_dtype = np.asarray(first["label"]).dtype
+
+    def __len__(self) -> int:
+        return len(self.labelled) + len(self.unlabelled)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        if index < len(self.labelled):
+            example = dict(self.labelled[index])
+            example["label_weight"] = np.float32(1.0)
+        else:
+            example = dict(self.unlabelled[index - len(self.labelled)])
+            example["label"] = np.zeros((), self._label_dtype)
+            example["label_weight"] = np.float32(0.0)
+        return example
+
+    def __repr__(self) -> str:
+        return (f"PartiallyLabelled({len(self.labelled)} labelled, "
+                f"{len(self.unlabelled)} unlabelled)")

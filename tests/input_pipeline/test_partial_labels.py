@@ -1,0 +1,44 @@
+"""PartiallyLabelled: one source of labelled and unlabelled examples for grain."""
+
+import numpy as np
+import pytest
+
+from input_pipeline import PartiallyLabelled, make_train_loader
+
+
+def _examples(labels, offset):
+    return [{"image": np.full((2, 2, 1), offset + i, np.float32), "label": np.int64(label)}
+            for i, label in enumerate(labels)]
+
+
+def test_unlabelled_examples_lose_their_labels_and_weight():
+    source = PartiallyLabelled(_examples([3, 1], 0), _examples([7, 8, 9], 10))
+    assert len(source) == 5 and "2 labelled, 3 unlabelled" in repr(source)
+    got = [source[i] for i in range(5)]
+    assert [float(e["label_weight"]) for e in got] == [1, 1, 0, 0, 0]
+    assert [int(e["label"]) for e in got] == [3, 1, 0, 0, 0]
+    assert [float(e["image"][0, 0, 0]) for e in got] == [0, 1, 10, 11, 12]
+    assert all(e["label"].dtype == np.int64 for e in got)
+    # An unlabelled source without labels works too.
+    bare = PartiallyLabelled(_examples([3], 0), [{"image": np.zeros((2, 2, 1), np.float32)}])
+    assert int(bare[1]["label"]) == 0 and float(bare[1]["label_weight"]) == 0
+    with pytest.raises(IndexError, match="out of range"):
+        source[5]
+
+
+def test_empty_sources_are_refused():
+    with pytest.raises(ValueError, match="labelled source is empty"):
+        PartiallyLabelled([], _examples([1], 0))
+    with pytest.raises(ValueError, match="unlabelled source is empty"):
+        PartiallyLabelled(_examples([1], 0), [])
+
+
+def test_batches_mix_both_parts_in_one_shuffled_stream():
+    source = PartiallyLabelled(_examples([1] * 4, 0), _examples([2] * 12, 100))
+    loader = iter(make_train_loader(source, global_batch_size=8, seed=0))
+    batches = [next(loader) for _ in range(4)]  # two epochs
+    weights = np.concatenate([b["label_weight"] for b in batches])
+    images = np.concatenate([b["image"][:, 0, 0, 0] for b in batches])
+    assert weights.sum() == 8  # each labelled example once per epoch
+    np.testing.assert_array_equal(weights == 1, images < 100)
+    assert np.all(np.concatenate([b["label"] for b in batches])[weights == 0] == 0)
