@@ -7,7 +7,7 @@ WORKDIR ?= workdirs/vit_digits
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-all test-quick lint clean
+.PHONY: demo test test-all test-quick lint clean bench-torch
 
 $(VENV)/.installed: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ test-all: $(VENV)/.installed
 test-quick: $(VENV)/.installed
 	$(TEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not acceptance"
 
+# Side-by-side benchmarks with timm (benchmarks/vit_vs_timm.py) need PyTorch: it goes into a
+# venv of its own, never into .venv, and neither `make test` nor `make demo` builds it.
+# TORCH_PINS: releases that import together (torchvision must match torch's build; timm needs
+# it). Elsewhere, e.g. TORCH_PINS="torch==2.9.1 torchvision==0.24.1".
+BENCH_VENV ?= .venv-bench
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+$(BENCH_VENV)/.installed: setup.py Makefile
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[bench-torch]" $(TORCH_PINS)
+	touch $@
+
+bench-torch: $(BENCH_VENV)/.installed
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) workdirs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) workdirs .pytest_cache

@@ -47,7 +47,7 @@ EXTRAS = {
     # Preparing most TFDS catalogue datasets (not reading them) needs TensorFlow.
     "prepare": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9.8"],
     # Side-by-side benchmarks only; installs PyTorch. Never part of `make test`/`make demo`.
-    "bench-torch": ["torch", "timm"],  # optional: benchmarks extra
+    "bench-torch": ["torch", "torchvision", "timm"],  # make bench-torch pins the releases
 }
 
 setup(

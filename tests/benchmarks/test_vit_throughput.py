@@ -1,21 +1,13 @@
 """The ViT throughput benchmark runs on a tiny shape and writes its JSON (speed is not
 asserted; FLOPs and MFU are checked for consistency only)."""
 
-import json
-import subprocess
-import sys
-
-from tests.trainer.launcher import REPO
+from tests.benchmarks.runner import run_benchmark
 
 
 def test_vit_throughput_benchmark_runs(tmp_path):
-    out = tmp_path / "vit.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.vit_throughput", "--models=ViT-micro",
-         "--batch_size=2", "--image_size=32", "--repeats=1", "--matmul_size=256",
-         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    payload = json.loads(out.read_text())
+    payload = run_benchmark(tmp_path, "vit_throughput", "--models=ViT-micro", "--batch_size=2",
+                            "--image_size=32", "--repeats=1", "--matmul_size=256",
+                            timeout=300)
     row = payload["results"][0]
     assert row["model"] == "ViT-micro" and row["train_examples_per_sec"] > 0
     # A training step (forward, backward, AdamW) costs about 3x the forward pass.
