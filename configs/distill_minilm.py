@@ -15,11 +15,11 @@ last hidden states (TinyBERT); the MiniLM attention-transfer term is available
 (``--config.distill.attention_weight``).
 Result: held-out mean cosine to the teacher (target >= 0.90) and nearest-neighbour agreement,
 in the terminal report and ``compression_report.json``. Measured with this command on a 2-core
-CPU (2026-11-28, Python 3.11 stdlib, 21 min while sharing the CPU with another job): mean
-cosine 0.912 (0.901 at step 300), nearest-neighbour agreement 56.3% over the 1,249 held-out
+CPU (2026-11-28, Python 3.11 stdlib, 31 min while sharing the CPU with another job): mean
+cosine 0.912 (0.901 at step 300), nearest-neighbour agreement 56.45% over the 1,249 held-out
 sentences; student 15.5M parameters (11.7M of them the shared word embeddings) and
-2.37e8 FLOPs per 32-token sentence vs the teacher's 22.6M and 7.11e8 (a third), 3.4x the
-teacher's throughput at batch 64. ``tests/trainer/test_sentence_distillation.py`` runs a short
+2.37e8 FLOPs per 32-token sentence vs the teacher's 22.6M and 7.11e8 (a third), 3.2x the
+teacher's throughput at batch 64 (280 vs 88 sentences/s). ``tests/trainer/test_sentence_distillation.py`` runs a short
 version through the launcher.
 """
 

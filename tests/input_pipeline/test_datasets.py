@@ -39,6 +39,22 @@ def test_digits_examples_match_sklearn(digits_dir):
     assert stored == expected
 
 
+def test_digits_are_decoded_once_in_tfds_order(digits_dir):
+    """The digits source is held in memory, example for example the TFDS data source."""
+    import tensorflow_datasets as tfds
+
+    from input_pipeline.datasets import InMemorySource
+
+    source = get_source("digits", "train[:10%]", digits_dir)
+    assert isinstance(source, InMemorySource) and "144 examples" in repr(source)
+    tfds_source = tfds.builder("digits", data_dir=digits_dir).as_data_source(
+        split="train[:10%]")
+    assert len(source) == len(tfds_source) == 144
+    for i in (0, 77, 143):
+        np.testing.assert_array_equal(source[i]["image"], tfds_source[i]["image"])
+        assert source[i]["label"] == tfds_source[i]["label"]
+
+
 def test_missing_catalogue_dataset_names_it_and_how_to_prepare(tmp_path):
     with pytest.raises(DatasetNotFoundError) as error:
         get_source("cifar10", "train", str(tmp_path))
