@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks.batch_search import largest_batch
 from benchmarks.common import environment, table, write_json
 from configs.common import base_config, vit_model
 
@@ -95,47 +96,6 @@ def step_memory_bytes(config: Any, batch_size: int) -> int:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def largest_batch(config: Any, budget: int, multiple: int,
-                  measure=step_memory_bytes) -> tuple[int, dict[int, int]]:
-    """The largest multiple of ``multiple`` whose step fits ``budget`` bytes, and every
-    ``{batch: bytes}`` compiled on the way (0 when even ``multiple`` does not fit).
-
-    Starts from the affine prediction of two compiles, brackets the answer by galloping
-    from there (steps of 1, 2, 4, ... multiples) and bisects the bracket: a few compiles
-    when the prediction is good, O(log) when it is not (e.g. with accumulation, whose
-    fixed cost is the full batch's input and whose slope is a micro-batch's).
-    """
-    seen: dict[int, int] = {}
-
-    def fits(batch: int) -> bool:
-        if batch not in seen:
-            seen[batch] = measure(config, batch)
-        return seen[batch] <= budget
-
-    if not fits(multiple):
-        return 0, seen
-    far = 4 * multiple
-    fits(far)
-    slope = (seen[far] - seen[multiple]) / (far - multiple)
-    guess = far if slope <= 0 else int((budget - seen[multiple]) / slope + multiple)
-    guess = max(multiple, guess // multiple * multiple)
-    step = multiple
-    if fits(guess):
-        low = guess
-        while fits(low + step):
-            low, step = low + step, step * 2
-        high = low + step
-    else:
-        high = guess
-        while not fits(max(multiple, high - step)):
-            high, step = max(multiple, high - step), step * 2
-        low = max(multiple, high - step)
-    while high - low > multiple:
-        middle = max(low + multiple, (low + high) // 2 // multiple * multiple)
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low, seen
-
-
 def default_budget() -> tuple[int, str]:
     if FLAGS.budget_gb is not None:
         return int(FLAGS.budget_gb * 2**30), "--budget_gb"
@@ -153,7 +113,9 @@ def main(argv):
     for variant in FLAGS.variants:
         config = step_config(FLAGS.model, FLAGS.image_size, variant, FLAGS.mixed_precision)
         memory = step_memory_bytes(config, FLAGS.batch_size)
-        largest, seen = largest_batch(config, budget, FLAGS.batch_multiple)
+        largest, seen = largest_batch(
+            lambda batch, config=config: step_memory_bytes(config, batch), budget,
+            FLAGS.batch_multiple)
         rows.append({
             "variant": variant, "model": FLAGS.model, "image_size": FLAGS.image_size,
             "batch_size": FLAGS.batch_size, "memory_gib": memory / 2**30,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.vit_memory import largest_batch
+from benchmarks.batch_search import largest_batch
 from tests.benchmarks.runner import run_benchmark
 
 
@@ -13,24 +13,24 @@ from tests.benchmarks.runner import run_benchmark
     (100, 1, 40),         # shallow then steep: found by galloping down
 ])
 def test_largest_batch_matches_brute_force(fixed, slope, kink):
-    def memory(_, batch):
+    def memory(batch):
         extra = 0 if kink is None or batch <= kink else 50 * (batch - kink)
         return fixed + slope * batch + extra
 
     budget = 9_000
-    expected = max((b for b in range(8, 4000, 8) if memory(None, b) <= budget), default=0)
-    got, seen = largest_batch(None, budget, 8, measure=memory)
+    expected = max((b for b in range(8, 4000, 8) if memory(b) <= budget), default=0)
+    got, seen = largest_batch(memory, budget, 8)
     assert got == expected
     assert len(seen) <= 24  # a search (about 2·log2 of the range), not a scan of 500
-    assert largest_batch(None, fixed + slope * 7, 8, measure=memory)[0] == 0
+    assert largest_batch(memory, fixed + slope * 7, 8)[0] == 0
 
 
 def test_vit_memory_benchmark_runs(tmp_path):
     payload = run_benchmark(tmp_path, "vit_memory", "--model=ViT-micro", "--image_size=16",
-                            "--batch_size=8", "--variants=accum4", "--budget_gb=0.01",
+                            "--batch_size=8", "--variants=remat_full", "--budget_gb=0.01",
                             "--batch_multiple=8")
     row = payload["results"][0]
-    assert row["variant"] == "accum4" and row["memory_gib"] > 0
+    assert row["variant"] == "remat_full" and row["memory_gib"] > 0
     seen = {int(k): v for k, v in row["compiled_batches"].items()}
     budget = 0.01 * 2**30
     assert row["largest_batch"] > 0 and seen[row["largest_batch"]] <= budget
