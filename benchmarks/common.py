@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,18 @@ def time_call(function: Callable[[], Any], repeats: int, warmup: int = 1) -> flo
     return float(np.median(times))
 
 
+def host_costs_per_call(function: Callable[[], Any], calls: int = 2) -> dict[str, float]:
+    """Page faults and kernel (system) CPU seconds per ``function()`` call, from
+    ``getrusage``: what a fresh multi-GB buffer per call costs the host
+    (trainer.host_memory)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(calls):
+        jax.block_until_ready(function())
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"page_faults": (after.ru_minflt - before.ru_minflt) / calls,
+            "system_cpu_s": (after.ru_stime - before.ru_stime) / calls}
+
+
 def environment() -> dict[str, Any]:
     device = jax.devices()[0]
     return {
@@ -35,6 +48,8 @@ def environment() -> dict[str, Any]:
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        # trainer.host_memory's restart sets glibc.malloc.hugetlb=1 here.
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.common import environment, table, time_call, write_json
+from trainer import host_memory
 from transformer import EOS_ID, create_transformer, decoding
 
 FLAGS = flags.FLAGS
@@ -139,4 +140,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -32,6 +32,7 @@ from absl import app, flags
 
 from configs import distill_digits, vit_digits
 from input_pipeline import prepare_digits
+from trainer import host_memory
 from trainer.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -205,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

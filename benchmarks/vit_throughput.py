@@ -10,6 +10,8 @@ arithmetic, the count the launcher's ``train/mfu`` uses: ``trainer.throughput``)
 FLOP/s = FLOPs / median step time. MFU divides that by the device's peak: on GPU/TPU the
 published dense peak for the precision (``trainer.throughput.PEAK_TFLOPS``), on CPU the FLOP/s
 of a large float32 matrix multiply measured in the same run (``--matmul_size``).
+Host costs: page faults and kernel CPU seconds per training step (``getrusage``; see
+``trainer.host_memory``, which this benchmark applies as the launcher does).
 Memory: the device's peak bytes in use where the runtime reports it (GPU), otherwise XLA's
 memory analysis of the compiled step (arguments + outputs + temporaries, an upper bound).
 """
@@ -20,8 +22,9 @@ from typing import Any
 
 from absl import app, flags
 
-from benchmarks.common import environment, table, time_call, write_json
+from benchmarks.common import environment, host_costs_per_call, table, time_call, write_json
 from benchmarks.vit_steps import peak_memory_bytes, training_step
+from trainer import host_memory
 from trainer.throughput import peak_flops
 
 FLAGS = flags.FLAGS
@@ -35,10 +38,12 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measur
 flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
 flags.DEFINE_string("out", None, "JSON output path.")
 
+
 def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
                     repeats: int, attention: str = "xla") -> dict[str, Any]:
     built = training_step(name, batch_size, image_size, precision, attention)
     step_seconds = time_call(built["run_step"], repeats)
+    host_costs = host_costs_per_call(built["run_step"])
     holder, images = built["holder"], built["images"]
     infer_seconds = time_call(lambda: built["forward"](holder["params"], images), repeats)
     memory, memory_source = peak_memory_bytes(built["compiled_step"])
@@ -49,6 +54,8 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
         "parameters": built["parameters"],
         "train_examples_per_sec": batch_size / step_seconds,
         "train_step_ms": 1000 * step_seconds,
+        "train_page_faults_per_step": host_costs["page_faults"],
+        "train_system_cpu_s_per_step": host_costs["system_cpu_s"],
         "train_gflops_per_step": train_flops / 1e9,
         "train_tflops_per_sec": train_flops / step_seconds / 1e12,
         "infer_gflops_per_batch": infer_flops / 1e9,
@@ -82,4 +89,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -28,6 +28,7 @@ from absl import app, flags
 
 from benchmarks.common import environment, table, time_call, write_json
 from benchmarks.vit_steps import training_step
+from trainer import host_memory
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["ViT-Ti_16"], "Ours: ViT-Ti_16, ViT-S_16 or ViT-B_16.")
@@ -130,4 +131,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from input_pipeline.text import EOS_ID, PAD_ID, SentencePieceTokenizer, pad_to_length
+from trainer import host_memory
 from trainer.checkpointing import restore_params
 from trainer.tasks.seq2seq import build_transformer
 from transformer import decoding
@@ -148,5 +149,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     flags.mark_flag_as_required("workdir")
     app.run(main)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer import partitioning
+from trainer import host_memory, partitioning
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -39,4 +39,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -118,3 +118,32 @@ def test_bfloat16_computation_keeps_float32_params():
     params = model.init(jax.random.key(0), IMAGES)["params"]
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     assert model.apply({"params": params}, IMAGES).dtype == jnp.float32
+
+
+def test_patch_embedding_is_the_strided_convolution():
+    """The matmul form of the patch embedding: the official Conv's function, parameters and
+    gradients, on a non-square image with non-square patches."""
+    import flax.linen as nn
+
+    from vit.model import PatchEmbedding
+
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 48, 3)), jnp.float32)
+    conv = nn.Conv(8, (16, 12), strides=(16, 12), padding="VALID")
+    embed = PatchEmbedding(8, patch_size=(16, 12))
+    params = conv.init(jax.random.key(3), images)
+    # Same parameter tree and the same initial values for the same key.
+    assert jax.tree.map(jnp.shape, embed.init(jax.random.key(3), images)) == \
+        jax.tree.map(jnp.shape, params)
+    np.testing.assert_array_equal(embed.init(jax.random.key(3), images)["params"]["kernel"],
+                                  params["params"]["kernel"])
+    params = {"params": {**params["params"], "bias": jnp.arange(8.0)}}
+    out = embed.apply(params, images)
+    assert out.shape == (2, 2, 4, 8)
+    np.testing.assert_allclose(out, conv.apply(params, images), atol=1e-5, rtol=1e-5)
+
+    def loss(module):
+        return lambda p: jnp.sum(jnp.sin(module.apply(p, images)))
+
+    got, want = jax.grad(loss(embed))(params), jax.grad(loss(conv))(params)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(got["params"][name], want["params"][name], atol=1e-4, rtol=1e-4)

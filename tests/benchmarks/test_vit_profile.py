@@ -1,0 +1,48 @@
+"""The step profile runs on a tiny shape and sorts its ops; its HLO parsing on known lines."""
+
+from benchmarks.vit_profile import KINDS, hlo_computations, op_kind
+from tests.benchmarks.runner import run_benchmark
+
+HLO = """\
+%fused_computation.1 (p0: f32[8,4], p1: f32[4,2]) -> f32[8,2] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %p1 = f32[4,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+%fused_computation.2 (p0.1: f32[8,2]) -> f32[8] {
+  %p0.1 = f32[8,2]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %reduce.1 = f32[8]{0} reduce(%p0.1, %c), dimensions={1}, to_apply=%add
+}
+%fused_computation.3 (p0.2: f32[8,2]) -> f32[8,2] {
+  %p0.2 = f32[8,2]{1,0} parameter(0)
+  ROOT %tanh.1 = f32[8,2]{1,0} tanh(%p0.2)
+}
+ENTRY %main (a: f32[8,4], b: f32[4,2]) -> f32[8] {
+  %a = f32[8,4]{1,0} parameter(0)
+  %b = f32[4,2]{1,0} parameter(1)
+  %ynn_fusion.1 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.1
+  %copy.1 = f32[2,8]{0,1} copy(%ynn_fusion.1)
+  %tanh_fusion = f32[8,2]{1,0} fusion(%ynn_fusion.1), kind=kLoop, calls=%fused_computation.3
+  ROOT %reduce_fusion = f32[8]{0} fusion(%tanh_fusion), kind=kInput, calls=%fused_computation.2
+}
+"""
+
+
+def test_ops_are_sorted_by_what_their_computation_does():
+    lines, opcodes = hlo_computations(HLO)
+    kinds = {name: op_kind(lines[name], opcodes)
+             for name in ("ynn_fusion.1", "copy.1", "tanh_fusion", "reduce_fusion")}
+    assert kinds == {"ynn_fusion.1": "matmul", "copy.1": "transpose/copy",
+                     "tanh_fusion": "elementwise", "reduce_fusion": "reduction"}
+
+
+def test_vit_profile_benchmark_runs(tmp_path):
+    payload = run_benchmark(tmp_path, "vit_profile", "--model=ViT-micro", "--batch_size=2",
+                            "--image_size=32", "--top=5", timeout=300)
+    kinds = {row["kind"]: row for row in payload["kinds"]}
+    assert set(kinds) <= set(KINDS) and kinds["matmul"]["op_seconds"] > 0
+    assert abs(sum(row["share"] for row in payload["kinds"]) - 1.0) < 1e-6
+    assert 0 < payload["busy_seconds"] <= payload["step_seconds"] + 1e-6
+    assert payload["busy_seconds"] <= payload["op_seconds"] + 1e-6
+    assert 0 < len(payload["top_ops"]) <= 5 and payload["page_faults"] >= 0
