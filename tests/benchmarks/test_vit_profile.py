@@ -1,6 +1,6 @@
 """The step profile runs on a tiny shape and sorts its ops; its HLO parsing on known lines."""
 
-from benchmarks.vit_profile import KINDS, hlo_computations, op_kind
+from benchmarks.step_profile import KINDS, hlo_computations, op_kind
 from tests.benchmarks.runner import run_benchmark
 
 HLO = """\
