@@ -16,26 +16,25 @@ import numpy as np
 
 def time_call(function: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median seconds of ``function()`` (outputs blocked on), after ``warmup`` calls."""
+    return timed_calls(function, repeats, warmup)["seconds"]
+
+
+def timed_calls(function: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of ``function()`` (outputs blocked on) after ``warmup`` calls, with the
+    page faults and kernel (system) CPU seconds per timed call from ``getrusage``: what a
+    fresh multi-GB buffer per call costs the host (trainer.host_memory)."""
     for _ in range(warmup):
         jax.block_until_ready(function())
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(function())
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def host_costs_per_call(function: Callable[[], Any], calls: int = 2) -> dict[str, float]:
-    """Page faults and kernel (system) CPU seconds per ``function()`` call, from
-    ``getrusage``: what a fresh multi-GB buffer per call costs the host
-    (trainer.host_memory)."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(calls):
-        jax.block_until_ready(function())
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"page_faults": (after.ru_minflt - before.ru_minflt) / calls,
-            "system_cpu_s": (after.ru_stime - before.ru_stime) / calls}
+    return {"seconds": float(np.median(times)),
+            "page_faults": (after.ru_minflt - before.ru_minflt) / repeats,
+            "system_cpu_s": (after.ru_stime - before.ru_stime) / repeats}
 
 
 def environment() -> dict[str, Any]:
@@ -63,10 +62,10 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append("  ".join(_fmt(row.get(c)).rjust(w) for c, w in zip(columns, widths)))
+        lines.append("  ".join(_fmt(row.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
     return "\n".join(lines)
 
 

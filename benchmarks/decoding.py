@@ -24,7 +24,8 @@ from trainer import host_memory
 from transformer import EOS_ID, create_transformer, decoding
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["tiny", "base"], "Transformer configs (transformer.TRANSFORMER_CONFIGS).")
+flags.DEFINE_list("configs", ["tiny", "base"],
+                  "Transformer configs (transformer.TRANSFORMER_CONFIGS).")
 flags.DEFINE_list("lengths", ["16", "32", "64"], "Output lengths.")
 flags.DEFINE_list("strategies", ["greedy", "beam"], "greedy and/or beam (beam size 4).")
 flags.DEFINE_integer("batch_size", 4, "Sources decoded together.")
@@ -99,7 +100,7 @@ def benchmark(config_name: str, lengths: list[int], strategies: list[str], batch
         for variant, make in variants:
             for length in lengths:
                 run = make(length)
-                seconds = time_call(lambda: run(params, inputs), repeats)
+                seconds = time_call(functools.partial(run, params, inputs), repeats)
                 tokens = batch_size * length
                 rows.append({"config": config_name, "strategy": strategy, "variant": variant,
                              "length": length, "seconds": seconds,

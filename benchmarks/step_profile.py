@@ -77,7 +77,8 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def profile_step(run_step, hlo_text: str, top: int) -> dict[str, Any]:
-    """Trace one ``run_step()`` and group its XLA op events (see the module docstring)."""
+    """Trace one ``run_step()`` and group its XLA op events by kind (how to read the result:
+    the docstring of benchmarks/vit_profile.py)."""
     for _ in range(2):
         jax.block_until_ready(run_step())
     with tempfile.TemporaryDirectory() as trace_dir:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from benchmarks.common import environment, host_costs_per_call, table, write_json
+from benchmarks.common import environment, table, timed_calls, write_json
 from benchmarks.step_profile import profile_step
 from benchmarks.vit_steps import training_step
 from trainer import host_memory
@@ -35,7 +35,8 @@ def main(argv):
     del argv
     built = training_step(FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision)
     result = profile_step(built["run_step"], built["compiled_step"].as_text(), FLAGS.top)
-    result.update(host_costs_per_call(built["run_step"]))
+    costs = timed_calls(built["run_step"], repeats=2, warmup=0)
+    result.update(page_faults=costs["page_faults"], system_cpu_s=costs["system_cpu_s"])
     print(f"{FLAGS.model}, batch {FLAGS.batch_size}: step {result['step_seconds']:.2f} s, "
           f"some op running {result['busy_seconds']:.2f} s, op time summed "
           f"{result['op_seconds']:.2f} s; {result['page_faults']:.0f} page faults and "

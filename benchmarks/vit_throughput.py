@@ -22,7 +22,7 @@ from typing import Any
 
 from absl import app, flags
 
-from benchmarks.common import environment, host_costs_per_call, table, time_call, write_json
+from benchmarks.common import environment, table, time_call, timed_calls, write_json
 from benchmarks.vit_steps import peak_memory_bytes, training_step
 from trainer import host_memory
 from trainer.throughput import peak_flops
@@ -42,8 +42,8 @@ flags.DEFINE_string("out", None, "JSON output path.")
 def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
                     repeats: int, attention: str = "xla") -> dict[str, Any]:
     built = training_step(name, batch_size, image_size, precision, attention)
-    step_seconds = time_call(built["run_step"], repeats)
-    host_costs = host_costs_per_call(built["run_step"])
+    train = timed_calls(built["run_step"], repeats)
+    step_seconds = train["seconds"]
     holder, images = built["holder"], built["images"]
     infer_seconds = time_call(lambda: built["forward"](holder["params"], images), repeats)
     memory, memory_source = peak_memory_bytes(built["compiled_step"])
@@ -54,8 +54,8 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
         "parameters": built["parameters"],
         "train_examples_per_sec": batch_size / step_seconds,
         "train_step_ms": 1000 * step_seconds,
-        "train_page_faults_per_step": host_costs["page_faults"],
-        "train_system_cpu_s_per_step": host_costs["system_cpu_s"],
+        "train_page_faults_per_step": train["page_faults"],
+        "train_system_cpu_s_per_step": train["system_cpu_s"],
         "train_gflops_per_step": train_flops / 1e9,
         "train_tflops_per_sec": train_flops / step_seconds / 1e12,
         "infer_gflops_per_batch": infer_flops / 1e9,

@@ -46,6 +46,16 @@ def tunables_with_huge_pages(environ: Mapping[str, str], *, is_glibc: bool,
     return f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
 
 
+def restart_tunables(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``GLIBC_TUNABLES`` value this machine's process would restart with, or None when
+    ``reexec_with_huge_pages`` leaves it as it is (``environ`` defaults to ``os.environ``)."""
+    return tunables_with_huge_pages(
+        os.environ if environ is None else environ,
+        is_glibc=sys.platform == "linux" and platform.libc_ver()[0] == "glibc",
+        thp_available=_transparent_huge_pages_available(),
+    )
+
+
 def reexec_with_huge_pages() -> None:
     """Replace this process by the same command with ``glibc.malloc.hugetlb=1`` (see the
     module docstring), or return at once where that does not apply.
@@ -53,11 +63,7 @@ def reexec_with_huge_pages() -> None:
     Call it first thing in a ``__main__`` entry point, before any work: the command restarts
     from the beginning (``sys.orig_argv``).
     """
-    tunables = tunables_with_huge_pages(
-        os.environ,
-        is_glibc=sys.platform == "linux" and platform.libc_ver()[0] == "glibc",
-        thp_available=_transparent_huge_pages_available(),
-    )
+    tunables = restart_tunables()
     if tunables is None:
         return
     environ = dict(os.environ, GLIBC_TUNABLES=tunables)

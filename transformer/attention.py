@@ -41,7 +41,8 @@ def _fused_kernel_supports(query: Array) -> bool:
 
 
 def _row_has_any_key(mask: Array) -> Array:
-    """``[batch|1, heads|1, q, k]`` mask -> ``[batch|1, q, heads|1, 1]``: does the row attend anywhere."""
+    """``[batch|1, heads|1, q, k]`` mask -> ``[batch|1, q, heads|1, 1]``: does the row attend
+    anywhere."""
     return jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
 
 

@@ -1,9 +1,6 @@
 """The ViT throughput benchmark runs on a tiny shape and writes its JSON (speed is not
 asserted; FLOPs and MFU are checked for consistency only)."""
 
-import os
-import platform
-import sys
 
 from tests.benchmarks.runner import run_benchmark
 from trainer import host_memory
@@ -25,7 +22,5 @@ def test_vit_throughput_benchmark_runs(tmp_path):
     assert row["train_page_faults_per_step"] >= 0 and row["train_system_cpu_s_per_step"] >= 0
     # Run as `python -m benchmarks.vit_throughput`, it restarted itself as the launcher does
     # (trainer.host_memory) where glibc and transparent huge pages are there.
-    if host_memory.tunables_with_huge_pages(
-            os.environ, is_glibc=sys.platform == "linux" and platform.libc_ver()[0] == "glibc",
-            thp_available=host_memory._transparent_huge_pages_available()) is not None:
+    if host_memory.restart_tunables() is not None:
         assert "glibc.malloc.hugetlb=1" in payload["environment"]["glibc_tunables"]

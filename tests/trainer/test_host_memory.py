@@ -2,7 +2,6 @@
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -43,8 +42,7 @@ def test_transparent_huge_page_setting_is_read_from_the_kernel_file(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-         and host_memory._transparent_huge_pages_available()),
+    host_memory.restart_tunables({}) is None,
     reason="needs Linux with glibc and transparent huge pages",
 )
 def test_restart_keeps_pid_and_arguments_and_sets_the_tunable(tmp_path):
