@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from trainer import xla_cpu
+
 
 def time_call(function: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median seconds of ``function()`` (outputs blocked on), after ``warmup`` calls."""
@@ -49,6 +51,8 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         # trainer.host_memory's restart sets glibc.malloc.hugetlb=1 here.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        # What the launcher's (and the benchmarks') steps are compiled with.
+        "xla_compiler_options": xla_cpu.compiler_options(),
     }
 
 
@@ -65,7 +69,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append("  ".join(_fmt(row.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
+        lines.append("  ".join(_fmt(row.get(c)).rjust(w)
+                               for c, w in zip(columns, widths, strict=True)))
     return "\n".join(lines)
 
 

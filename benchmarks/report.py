@@ -67,9 +67,12 @@ def _command(module: str, payload: dict, out: str, python: str = "python") -> st
 
 def _measured(env: dict) -> str:
     tunables = env.get("glibc_tunables")
+    options = env.get("xla_compiler_options")
     return (f"Measured {env['date']} on {env['device_kind']} ({env['backend']}, "
             f"{env['cpu_count']} CPU cores, jax {env['jax']}"
-            + (f", GLIBC_TUNABLES={tunables}" if tunables else "") + ").")
+            + (f", GLIBC_TUNABLES={tunables}" if tunables else "")
+            + (", steps compiled with " + " ".join(f"{k}={v}" for k, v in options.items())
+               if options else "") + ").")
 
 
 def _section(title: str, command: str, measured: str, rows: list, columns: list) -> str:
@@ -118,6 +121,11 @@ def profile_section(name: str, payload: dict) -> str:
         f"op time summed {payload['op_seconds']:.2f} s (concurrent ops overlap); "
         f"{payload['page_faults']:.0f} page faults and {payload['system_cpu_s']:.2f} s of "
         "kernel CPU per step.")
+    if payload["environment"].get("xla_compiler_options") and not flags.get("xla_defaults"):
+        summary += (" Matmuls ran in Eigen (launcher's options), which finishes them on its "
+                    "own threads after their op events end: the matmul row undercounts, and "
+                    f"{payload['step_seconds'] - payload['busy_seconds']:.2f} s of the step "
+                    "show no op running.")
     kinds = [dict(r, share=f"{r['share']:.1%}") for r in payload["kinds"]]
     return "\n".join([
         _section(f"Where a training step's time goes ({name})",
@@ -127,8 +135,22 @@ def profile_section(name: str, payload: dict) -> str:
         "```", table(payload["top_ops"], ["kind", "op_seconds", "place"]), "```", ""])
 
 
+def compiler_options_section(name: str, payload: dict) -> str:
+    rows = [dict(r, options=" ".join(f"{k}={v}" for k, v in r["options"].items()) or "(none)")
+            for r in payload["results"]]
+    speedup = next(k for k in rows[0] if k.startswith("speedup_over_"))
+    return _section(
+        f"XLA compiler options, A/B in one process ({name})",
+        _command("compiler_options_ab", payload, name),
+        _measured(payload["environment"]) + " Each variant compiled and timed twice (copies a "
+        "and b, alternating rounds; medians): copies of one variant that differ show the "
+        "noise.", rows, ["variant", "copy", "step_seconds", "examples_per_sec", speedup,
+                         "options"])
+
+
 SECTIONS = {"vit_throughput": throughput_section, "vit_vs_timm": timm_section,
-            "vit_memory": memory_section, "vit_profile": profile_section}
+            "vit_memory": memory_section, "vit_profile": profile_section,
+            "compiler_options_ab": compiler_options_section}
 
 
 def main() -> None:

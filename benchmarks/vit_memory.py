@@ -36,6 +36,7 @@ from absl import app, flags
 from benchmarks.batch_search import largest_batch
 from benchmarks.common import environment, table, write_json
 from configs.common import base_config, vit_model
+from trainer import xla_cpu
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ViT-B_16", "A name from vit.VIT_VARIANTS.")
@@ -88,7 +89,8 @@ def step_memory_bytes(config: Any, batch_size: int) -> int:
     batch = {key: jax.ShapeDtypeStruct((batch_size, *np.shape(value)[1:]),
                                        jnp.asarray(value).dtype)
              for key, value in dummy.items()}
-    step = jax.jit(make_train_step(task, tx, schedule, accum_steps), donate_argnums=(0,))
+    step = jax.jit(make_train_step(task, tx, schedule, accum_steps), donate_argnums=(0,),
+                   compiler_options=xla_cpu.compiler_options())
     analysis = step.lower(state, batch, task.frozen_variables()).compile().memory_analysis()
     if analysis is None:
         raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis")

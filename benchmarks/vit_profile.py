@@ -12,6 +12,12 @@ concurrently), so the table gives each kind's summed op time and its share of th
 ``busy`` and ``step`` figures say how much of the step any op was running. The top ops are
 listed with their place in the model (``op_name`` metadata, layer numbers folded). Page
 faults and kernel CPU time per step come from ``getrusage`` (``trainer.host_memory``).
+
+The step is compiled with the launcher's options (``trainer.xla_cpu``): matmuls run in Eigen,
+asynchronously on Eigen's threads, and their op events end before the work does, so the
+``matmul`` row undercounts and part of the step shows no op running. ``--xla_defaults``
+profiles the step compiled with XLA's defaults instead, whose YNNPACK matmuls are traced
+whole.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ flags.DEFINE_integer("batch_size", 32, "Images per step.")
 flags.DEFINE_integer("image_size", 224, "Square input resolution.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype.")
 flags.DEFINE_integer("top", 15, "Ops to list by time.")
+flags.DEFINE_bool("xla_defaults", False, "Compile with XLA's default options, not the "
+                  "launcher's (trainer.xla_cpu): matmuls in YNNPACK, traced whole.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
 def main(argv):
     del argv
-    built = training_step(FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision)
+    built = training_step(FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,
+                          compiler_options={} if FLAGS.xla_defaults else None)
     result = profile_step(built["run_step"], built["compiled_step"].as_text(), FLAGS.top)
     costs = timed_calls(built["run_step"], repeats=2, warmup=0)
     result.update(page_faults=costs["page_faults"], system_cpu_s=costs["system_cpu_s"])
@@ -46,7 +55,8 @@ def main(argv):
     print(table(result["top_ops"], ["kind", "op_seconds", "place"]))
     write_json(FLAGS.out, {"environment": environment(), **result,
                            "command_flags": {k: getattr(FLAGS, k) for k in (
-                               "model", "batch_size", "image_size", "precision", "top")}})
+                               "model", "batch_size", "image_size", "precision", "top",
+                               "xla_defaults")}})
 
 
 if __name__ == "__main__":

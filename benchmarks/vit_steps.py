@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 import vit
+from trainer import xla_cpu
 from trainer.throughput import lowered_flops
 
 
@@ -27,13 +28,15 @@ def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
 
 
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
-                  attention: str = "xla") -> dict[str, Any]:
+                  attention: str = "xla",
+                  compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our jitted AdamW training step on random data, ready to time.
 
     Returns ``run_step`` (one step, updating the held state; returns the new parameters to
     block on), ``forward`` (jitted inference on the batch), ``train_flops`` and
     ``infer_flops`` (XLA's count of the lowered programs), ``compiled_step``, ``params`` and
-    the ``images`` batch ``[batch_size, image_size, image_size, 3]``.
+    the ``images`` batch ``[batch_size, image_size, image_size, 3]``. ``compiler_options``
+    (XLA debug options for ``jax.jit``) default to the launcher's (trainer.xla_cpu).
     """
     dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
     model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
@@ -54,8 +57,11 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
         updates, state = tx.update(grads, state, p)
         return optax.apply_updates(p, updates), state
 
-    step_jit = jax.jit(train_step, donate_argnums=(0, 1))
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    # By default the launcher's compiler options (trainer.xla_cpu): the launcher's figures.
+    options = xla_cpu.compiler_options() if compiler_options is None else compiler_options
+    step_jit = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False),
+                      compiler_options=options)
     # The launcher's count (trainer.throughput): the lowered program's FLOPs.
     train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state),
                                 lowered_flops(forward, params, images))

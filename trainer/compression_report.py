@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from trainer import xla_cpu
+
 
 def compiled_flops(function, *args) -> float:
     """FLOPs of one call of ``jax.jit(function)(*args)``, from XLA's cost analysis."""
@@ -30,7 +32,7 @@ def measure_forward(model: Any, params: Any, images: np.ndarray, repeats: int = 
     def forward(p, x):
         return model.apply({"params": p}, x, train=False)
 
-    run = jax.jit(forward)
+    run = jax.jit(forward, compiler_options=xla_cpu.compiler_options())  # as the launcher
     jax.block_until_ready(run(params, images))  # compile + warm up
     times = []
     for _ in range(repeats):

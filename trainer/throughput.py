@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainer import xla_cpu
+
 # Dense peak TFLOP/s per device, by device kind prefix and precision (vendor data sheets).
 PEAK_TFLOPS = {
     ("NVIDIA H100", "bfloat16"): 989.0, ("NVIDIA H100", "float32"): 67.0,
@@ -37,16 +39,19 @@ def lowered_flops(jitted: Any, *args: Any) -> float:
 def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of a float32 ``[size, size] @ [size, size]`` on this process's first device:
     the fastest of ``repeats`` timed calls after one warm-up (a peak is the best case; the
-    median let a moment of other load lower it, and MFU exceeded 100%)."""
+    median let a moment of other load lower it, and MFU exceeded 100%), compiled both with
+    XLA's defaults and with the launcher's options (trainer.xla_cpu), whichever is faster."""
     a = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(size, size)),
                                    jnp.float32), jax.local_devices()[0])
-    matmul = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(matmul(a))
+    option_sets = [{}] + ([xla_cpu.compiler_options()] if xla_cpu.compiler_options() else [])
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for options in option_sets:
+        matmul = jax.jit(lambda x: x @ x, compiler_options=options)
         jax.block_until_ready(matmul(a))
-        times.append(time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(matmul(a))
+            times.append(time.perf_counter() - start)
     return 2.0 * size**3 / float(np.min(times))
 
 

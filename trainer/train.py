@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from trainer import checkpointing, config_validation, partitioning, throughput
+from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
 from trainer.metrics import MetricWriter, truncate_metrics
 from trainer.optimizers import make_optimizer
 from trainer.steps import TrainState, init_state, make_eval_step, make_train_step
@@ -159,10 +159,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         in_shardings=(shardings, batch_sharding, replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=(0,),
+        compiler_options=xla_cpu.compiler_options(),
     )
     eval_step = jax.jit(make_eval_step(task),
                         in_shardings=(shardings.params, batch_sharding, replicated),
-                        out_shardings=replicated)
+                        out_shardings=replicated,
+                        compiler_options=xla_cpu.compiler_options())
 
     writer = MetricWriter(workdir, total_steps, start_step, config.get("progress_bar"))
     num_params = count_params(abstract.params)
