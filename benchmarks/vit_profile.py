@@ -39,6 +39,7 @@ flags.DEFINE_bool("xla_defaults", False, "Compile with XLA's default options, no
                   "launcher's (trainer.xla_cpu): matmuls in YNNPACK, traced whole.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
+
 def main(argv):
     del argv
     built = training_step(FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,

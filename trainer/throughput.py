@@ -43,7 +43,8 @@ def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
     XLA's defaults and with the launcher's options (trainer.xla_cpu), whichever is faster."""
     a = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(size, size)),
                                    jnp.float32), jax.local_devices()[0])
-    option_sets = [{}] + ([xla_cpu.compiler_options()] if xla_cpu.compiler_options() else [])
+    launcher_options = xla_cpu.compiler_options()
+    option_sets = [{}, launcher_options] if launcher_options else [{}]
     times = []
     for options in option_sets:
         matmul = jax.jit(lambda x: x @ x, compiler_options=options)
