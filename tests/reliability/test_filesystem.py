@@ -113,7 +113,10 @@ def test_a_run_writes_nothing_outside_its_workdir(tmp_path, digits_data_dir):
     skip = (workdir, os.path.join(REPO, ".venv"), os.path.join(REPO, ".git"))
     before = {root: _snapshot(root, skip) for root in watched}
 
-    env = {key: value for key, value in os.environ.items() if key != "TFDS_DATA_DIR"}
+    # Without the test run's compilation cache (tests/conftest.py): a run on its own writes
+    # none.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TFDS_DATA_DIR", "JAX_COMPILATION_CACHE_DIR")}
     env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run(_launcher_command(workdir, digits_data_dir, 6), cwd=str(cwd),
