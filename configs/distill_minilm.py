@@ -19,8 +19,8 @@ CPU (2026-11-28, Python 3.11 stdlib, 31 min while sharing the CPU with another j
 cosine 0.912 (0.901 at step 300), nearest-neighbour agreement 56.45% over the 1,249 held-out
 sentences; student 15.5M parameters (11.7M of them the shared word embeddings) and
 2.37e8 FLOPs per 32-token sentence vs the teacher's 22.6M and 7.11e8 (a third), 3.2x the
-teacher's throughput at batch 64 (280 vs 88 sentences/s). ``tests/trainer/test_sentence_distillation.py`` runs a short
-version through the launcher.
+teacher's throughput at batch 64 (280 vs 88 sentences/s).
+``tests/trainer/test_sentence_distillation.py`` runs a short version through the launcher.
 """
 
 import ml_collections

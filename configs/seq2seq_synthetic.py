@@ -1,7 +1,8 @@
 """A small Transformer on an offline synthetic seq2seq task (copy, reverse, sort, addition).
 
 Command:
-  python -m trainer.main --config=configs/seq2seq_synthetic.py:reverse --workdir=workdirs/s2s_reverse
+  python -m trainer.main --config=configs/seq2seq_synthetic.py:reverse \
+      --workdir=workdirs/s2s_reverse
 
 Data: generated on the fly by ``input_pipeline.synthetic_seq2seq`` (nothing downloaded), with a
 held-out split disjoint from training. Model: the "tiny" Transformer (2+2 layers, width 64),

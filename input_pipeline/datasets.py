@@ -11,7 +11,8 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not prepared in the data directory (and cannot be downloaded here)."""
 
 
-def _not_found(name: str, split: str, data_dir: str | None, cause: Exception) -> DatasetNotFoundError:
+def _not_found(name: str, split: str, data_dir: str | None,
+               cause: Exception) -> DatasetNotFoundError:
     where = data_dir or digits.default_data_dir()
     base = name.split("/")[0].split(":")[0]
     return DatasetNotFoundError(

@@ -15,8 +15,10 @@ def _cutmix_box(rng: jax.Array, height: int, width: int, lam: jax.Array) -> jax.
     centre_x = jax.random.uniform(rng_x, (), minval=0, maxval=width)
     rows = jnp.arange(height)[:, None]
     cols = jnp.arange(width)[None, :]
-    top, bottom = jnp.clip(centre_y - cut_h / 2, 0, height), jnp.clip(centre_y + cut_h / 2, 0, height)
-    left, right = jnp.clip(centre_x - cut_w / 2, 0, width), jnp.clip(centre_x + cut_w / 2, 0, width)
+    top = jnp.clip(centre_y - cut_h / 2, 0, height)
+    bottom = jnp.clip(centre_y + cut_h / 2, 0, height)
+    left = jnp.clip(centre_x - cut_w / 2, 0, width)
+    right = jnp.clip(centre_x + cut_w / 2, 0, width)
     return (rows >= jnp.floor(top)) & (rows < jnp.floor(bottom)) & \
         (cols >= jnp.floor(left)) & (cols < jnp.floor(right))
 

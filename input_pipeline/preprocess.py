@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 import io
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import numpy as np
@@ -113,7 +114,8 @@ def central_crop(height: int, width: int | None = None) -> grain.transforms.Map:
     return _ImageMap(fn, f"central_crop({height},{width})")
 
 
-def inception_crop(size: int, area_min: float = 5, area_max: float = 100) -> grain.transforms.RandomMap:
+def inception_crop(size: int, area_min: float = 5,
+                   area_max: float = 100) -> grain.transforms.RandomMap:
     """Random crop of 5–100% of the area (percent), aspect ratio 3/4–4/3, resized to
     ``size`` (the "Inception" random-resized crop of Szegedy et al., 2015)."""
 

@@ -7,7 +7,7 @@ because grain runs plain Python transforms (no TensorFlow image ops here).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -39,13 +39,16 @@ OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], Image.Image]]
         _signed(30.0 * m / MAX_MAGNITUDE, rng),
         fillcolor=_FILL[0] if image.mode == "L" else _FILL),
     "solarize": lambda image, m, rng: ImageOps.solarize(image, int(256 - 256 * m / MAX_MAGNITUDE)),
-    "posterize": lambda image, m, rng: ImageOps.posterize(image, max(1, int(8 - 4 * m / MAX_MAGNITUDE))),
+    "posterize": lambda image, m, rng: ImageOps.posterize(
+        image, max(1, int(8 - 4 * m / MAX_MAGNITUDE))),
     "color": _enhance(ImageEnhance.Color),
     "contrast": _enhance(ImageEnhance.Contrast),
     "brightness": _enhance(ImageEnhance.Brightness),
     "sharpness": _enhance(ImageEnhance.Sharpness),
-    "shear_x": lambda image, m, rng: _affine(image, (1, _signed(0.3 * m / MAX_MAGNITUDE, rng), 0, 0, 1, 0)),
-    "shear_y": lambda image, m, rng: _affine(image, (1, 0, 0, _signed(0.3 * m / MAX_MAGNITUDE, rng), 1, 0)),
+    "shear_x": lambda image, m, rng: _affine(
+        image, (1, _signed(0.3 * m / MAX_MAGNITUDE, rng), 0, 0, 1, 0)),
+    "shear_y": lambda image, m, rng: _affine(
+        image, (1, 0, 0, _signed(0.3 * m / MAX_MAGNITUDE, rng), 1, 0)),
     "translate_x": lambda image, m, rng: _affine(
         image, (1, 0, _signed(0.45 * image.size[0] * m / MAX_MAGNITUDE, rng), 0, 1, 0)),
     "translate_y": lambda image, m, rng: _affine(

@@ -102,7 +102,8 @@ def pad_to_length(ids: Sequence[int], length: int, *, append_eos: bool = True) -
 
 
 class TokenizeTranslation(grain.transforms.Map):
-    """``{source_key: text, target_key: text}`` -> ``{"inputs", "targets"}`` int32 ``[max_length]``."""
+    """``{source_key: text, target_key: text}`` -> ``{"inputs", "targets"}``, int32
+    ``[max_length]`` each."""
 
     def __init__(self, tokenizer: SentencePieceTokenizer, source_key: str, target_key: str,
                  max_length: int) -> None:

@@ -8,14 +8,12 @@ checkpoints in the workdir. Restarting the same command resumes from the last ch
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import traverse_util
@@ -23,7 +21,7 @@ from flax import traverse_util
 from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
 from trainer.metrics import MetricWriter, truncate_metrics
 from trainer.optimizers import make_optimizer
-from trainer.steps import TrainState, init_state, make_eval_step, make_train_step
+from trainer.steps import init_state, make_eval_step, make_train_step
 from trainer.tasks import create_task
 from trainer.workdir_lock import WorkdirLock
 

@@ -8,7 +8,8 @@ XLA path turns them heads-first inside, see ``_softmax_attention``).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

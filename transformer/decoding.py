@@ -8,7 +8,8 @@ Outputs are ``[batch, max_decode_length]`` int32 with ``EOS_ID`` kept and ``PAD_
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,8 @@ so that those checkpoints map onto the parameter tree one to one.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -144,7 +145,8 @@ class _BlockFields(nn.Module):
         self, x: Array, sublayer: Callable[[Array], Array], norm: nn.LayerNorm,
         deterministic: bool,
     ) -> Array:
-        """``x + dropout(sublayer(norm(x)))`` (pre-LN) or ``norm(x + dropout(sublayer(x)))`` (post-LN)."""
+        """``x + dropout(sublayer(norm(x)))`` (pre-LN) or ``norm(x + dropout(sublayer(x)))``
+        (post-LN)."""
         drop = nn.Dropout(self.dropout_rate)
         if self.norm_placement == "pre":
             return x + drop(sublayer(norm(x)), deterministic=deterministic)

@@ -160,7 +160,8 @@ class Transformer(nn.Module):
     def encode(self, inputs: Array, *, train: bool = False,
                inputs_segmentation: Array | None = None,
                inputs_positions: Array | None = None) -> Array:
-        """Source ids ``[batch, source_length]`` (0 = padding) -> ``[batch, source_length, emb_dim]``.
+        """Source ids ``[batch, source_length]`` (0 = padding) -> ``[batch, source_length,
+        emb_dim]``.
 
         For packed rows (several examples per row), ``inputs_segmentation`` ``[batch,
         source_length]`` numbers the examples and ``inputs_positions`` restarts at 0 for each:

@@ -43,10 +43,9 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> VisionTransfo
         close = difflib.get_close_matches(name, VIT_VARIANTS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"unknown ViT model name {name!r}{hint}; known: {list(VIT_VARIANTS)}")
-    unknown = set(overrides) - set(VisionTransformer.__dataclass_fields__) - {"parent", "name"}
+    fields = set(VisionTransformer.__dataclass_fields__) - {"parent", "name"}
+    unknown = set(overrides) - fields - {"parent", "name"}
     if unknown:
         raise ValueError(
-            f"unknown VisionTransformer field(s) {sorted(unknown)}; known: "
-            f"{sorted(f for f in VisionTransformer.__dataclass_fields__ if f not in ('parent', 'name'))}"
-        )
+            f"unknown VisionTransformer field(s) {sorted(unknown)}; known: {sorted(fields)}")
     return VisionTransformer(num_classes=num_classes, **{**VIT_VARIANTS[name], **overrides})

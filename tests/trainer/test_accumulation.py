@@ -19,5 +19,6 @@ def test_accumulated_step_matches_full_batch_step(digits_data_dir):
     accum_state, accum_metrics = jax.jit(make_train_step(task, tx, schedule, 4))(
         state, batch, {})
     np.testing.assert_allclose(full_metrics["loss"], accum_metrics["loss"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(accum_state.params)):
+    for a, b in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(accum_state.params),
+                    strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

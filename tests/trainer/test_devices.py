@@ -19,7 +19,7 @@ def test_eight_devices_match_one_device(tmp_path, digits_data_dir, extra):
     run_launcher("configs/vit_digits.py", str(tmp_path / "eight"), *flags, *extra, devices=8)
     one, eight = read_metrics(str(tmp_path / "one")), read_metrics(str(tmp_path / "eight"))
     assert [r["step"] for r in one] == [r["step"] for r in eight] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(one, eight):
+    for a, b in zip(one, eight, strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-6)
         assert a["train/grad_norm"] == pytest.approx(b["train/grad_norm"], rel=1e-4)
     assert one[-1]["eval/accuracy"] == pytest.approx(eight[-1]["eval/accuracy"], abs=1e-9)

@@ -43,16 +43,16 @@ def test_two_processes_match_one_process(tmp_path, digits_data_dir):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for index in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in processes]
-    for process, output in zip(processes, outputs):
+    for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]
     assert "hosts=2" in outputs[0]
 
     one, two = read_metrics(str(tmp_path / "one")), read_metrics(workdir)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
     assert one[-1]["eval/accuracy"] == pytest.approx(two[-1]["eval/accuracy"], abs=1e-9)
     for a, b in zip(jax.tree.leaves(restore_params(str(tmp_path / "one"))),
-                    jax.tree.leaves(restore_params(workdir))):
+                    jax.tree.leaves(restore_params(workdir)), strict=True):
         # Float32 sums reduced in another order (gloo vs in-process): rounding-level gaps.
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ from trainer.train import NonFiniteLossError, train_and_evaluate
 def _assert_trees_equal(a, b):
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(leaves_a, leaves_b):
+    for x, y in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -59,7 +59,7 @@ def test_sigkill_at_a_random_step_then_restart(tmp_path, digits_data_dir, draw):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for a, b in zip(jax.tree.leaves(restore_params(straight)),
-                    jax.tree.leaves(restore_params(workdir))):
+                    jax.tree.leaves(restore_params(workdir)), strict=True):
         np.testing.assert_array_equal(a, b)
     killed_metrics = read_metrics(workdir)
     assert [r["step"] for r in killed_metrics] == list(range(1, STEPS + 1))

@@ -27,4 +27,4 @@ def test_synthetic_task_exact_match(tmp_path, task):
     lines = [" ".join(str(t) for t in e["inputs"] if t > 1) for e in examples]
     decoded = list(generate(workdir, lines, strategy="greedy", batch_size=100))
     expected = [" ".join(str(t) for t in e["targets"] if t > 1) for e in examples]
-    assert np.mean([a == b for a, b in zip(decoded, expected)]) >= 0.98
+    assert np.mean([a == b for a, b in zip(decoded, expected, strict=True)]) >= 0.98

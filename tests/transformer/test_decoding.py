@@ -155,7 +155,6 @@ def test_tokens_after_eos_are_padding_and_early_finish():
 
 def test_beam_search_eos_handling_and_early_stop():
     """Beams end at EOS; tokens after EOS are padding; the loop stops once all finished."""
-    vocab = 5
     calls = []
 
     def tokens_to_logits(tokens, cache):
