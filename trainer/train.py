@@ -110,6 +110,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
 def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     process_index, process_count = jax.process_index(), jax.process_count()
+    # First: on the CPU this also installs the PRNG lowering (xla_cpu) before anything compiles.
+    compiler_options = xla_cpu.compiler_options()
     mesh = partitioning.make_mesh(dict(config.mesh_shape))
     partitioning.check_batch_size(config.batch_size, mesh, "batch_size")
     partitioning.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -157,12 +159,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         in_shardings=(shardings, batch_sharding, replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=(0,),
-        compiler_options=xla_cpu.compiler_options(),
+        compiler_options=compiler_options,
     )
     eval_step = jax.jit(make_eval_step(task),
                         in_shardings=(shardings.params, batch_sharding, replicated),
                         out_shardings=replicated,
-                        compiler_options=xla_cpu.compiler_options())
+                        compiler_options=compiler_options)
 
     writer = MetricWriter(workdir, total_steps, start_step, config.get("progress_bar"))
     num_params = count_params(abstract.params)
