@@ -3,9 +3,12 @@ and writes its JSON (speed is not asserted)."""
 
 import json
 
+import pytest
+
 from tests.benchmarks.runner import run_benchmark
 
 
+@pytest.mark.slow
 def test_compiler_options_ab_times_two_copies_of_each_variant(tmp_path):
     variants = {"defaults": {},
                 "no_ynn_dots": {"xla_cpu_experimental_ynn_fusion_type":

@@ -1,8 +1,11 @@
 """The decoding benchmark runs on a tiny shape and writes its JSON (speed is not asserted)."""
 
+import pytest
+
 from tests.benchmarks.runner import run_benchmark
 
 
+@pytest.mark.slow
 def test_decoding_benchmark_runs(tmp_path):
     payload = run_benchmark(tmp_path, "decoding", "--configs=micro", "--lengths=4,8",
                             "--batch_size=2", "--source_length=6", "--vocab_size=32",

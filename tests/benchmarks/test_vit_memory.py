@@ -25,6 +25,7 @@ def test_largest_batch_matches_brute_force(fixed, slope, kink):
     assert largest_batch(memory, fixed + slope * 7, 8)[0] == 0
 
 
+@pytest.mark.slow
 def test_vit_memory_benchmark_runs(tmp_path):
     payload = run_benchmark(tmp_path, "vit_memory", "--model=ViT-micro", "--image_size=16",
                             "--batch_size=8", "--variants=remat_full", "--budget_gb=0.01",

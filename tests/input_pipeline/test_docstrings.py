@@ -50,6 +50,7 @@ def test_corpus_is_deterministic_and_splits_are_disjoint(tmp_path):
     assert all(in_test_split(s) for s in test)
 
 
+@pytest.mark.slow
 def test_real_stdlib_corpus_has_thousands_of_sentences():
     train, test = get_source("stdlib_docstrings", "train"), get_source("stdlib_docstrings",
                                                                         "test")

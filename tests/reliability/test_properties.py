@@ -14,6 +14,7 @@ SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(hidden=st.integers(1, 24), heads=st.integers(1, 5), patch=st.integers(1, 6),
        image=st.integers(1, 13), classes=st.integers(-1, 4),
@@ -35,6 +36,7 @@ def test_vit_fields(hidden, heads, patch, image, classes, classifier, dist):
     assert bool(jnp.all(jnp.isfinite(logits)))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(image=st.integers(2, 12), wrong=st.integers(2, 12), channels=st.integers(1, 4))
 def test_vit_rejects_images_it_was_not_built_for(image, wrong, channels):

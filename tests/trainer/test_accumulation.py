@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from tests.trainer.tiny import tiny_digits_config
 from trainer.optimizers import make_optimizer
@@ -9,6 +10,7 @@ from trainer.steps import init_state, make_train_step
 from trainer.tasks import create_task
 
 
+@pytest.mark.slow
 def test_accumulated_step_matches_full_batch_step(digits_data_dir):
     config = tiny_digits_config(digits_data_dir)
     task = create_task(config)

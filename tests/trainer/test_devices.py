@@ -7,10 +7,11 @@ from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS
 from trainer.metrics import read_metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     (),
-    pytest.param(("--config.mesh_shape.data=4", "--config.mesh_shape.fsdp=2",
-                  "--config.sharding.min_fsdp_size=64"), marks=pytest.mark.slow),
+    ("--config.mesh_shape.data=4", "--config.mesh_shape.fsdp=2",
+     "--config.sharding.min_fsdp_size=64"),
 ], ids=["data-parallel", "fsdp"])
 def test_eight_devices_match_one_device(tmp_path, digits_data_dir, extra):
     flags = (*STEP_FLAGS, *TINY_VIT_FLAGS, "--config.log_every_steps=1",

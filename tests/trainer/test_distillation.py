@@ -13,6 +13,9 @@ from tests.trainer.tiny import STEP_FLAGS, tiny_digits_config
 from trainer.checkpointing import restore_params
 from trainer.train import train_and_evaluate
 
+# Out of the quick subset: every test here trains or needs the module's trained teacher.
+pytestmark = pytest.mark.slow
+
 TEACHER = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, dropout_rate=0.0,
                classifier="gap")
 TEACHER_FLAGS = tuple(f"--config.distill.teacher_model.{k}={v}" for k, v in TEACHER.items())
@@ -29,8 +32,8 @@ def teacher_workdir(tmp_path_factory, digits_data_dir):
 
 @pytest.mark.parametrize("method", [
     "soft",
-    pytest.param("hard", marks=(pytest.mark.slow, pytest.mark.acceptance)),
-    pytest.param("deit_token", marks=(pytest.mark.slow, pytest.mark.acceptance))])
+    pytest.param("hard", marks=pytest.mark.acceptance),
+    pytest.param("deit_token", marks=pytest.mark.acceptance)])
 def test_distillation_through_launcher(tmp_path, digits_data_dir, teacher_workdir, method):
     teacher_before = restore_params(teacher_workdir)
     workdir = str(tmp_path / "student")

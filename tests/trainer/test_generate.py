@@ -11,6 +11,9 @@ from tests.trainer.tiny import tiny_seq2seq_config
 from trainer.generate import generate
 from trainer.train import train_and_evaluate
 
+# Out of the quick subset: every test here needs the module's trained seq2seq model.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def seq2seq_workdir(tmp_path_factory):

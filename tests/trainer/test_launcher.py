@@ -31,6 +31,7 @@ def _check_outputs(workdir, eval_keys):
     assert eval_keys <= set(summary["final_eval"])
 
 
+@pytest.mark.slow
 def test_classification_through_launcher(tmp_path, digits_data_dir):
     workdir = str(tmp_path / "run")
     result = run_launcher("configs/vit_digits.py", workdir, *STEP_FLAGS, *TINY_VIT_FLAGS,
@@ -40,6 +41,7 @@ def test_classification_through_launcher(tmp_path, digits_data_dir):
     _check_outputs(workdir, {"eval/accuracy", "eval/loss"})
 
 
+@pytest.mark.slow
 def test_seq2seq_through_launcher(tmp_path):
     workdir = str(tmp_path / "run")
     run_launcher("configs/seq2seq_synthetic.py:reverse", workdir, *STEP_FLAGS,

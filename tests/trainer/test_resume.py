@@ -9,6 +9,9 @@ from trainer.checkpointing import CheckpointMismatchError, restore_params
 from trainer.metrics import read_metrics
 from trainer.train import NonFiniteLossError, train_and_evaluate
 
+# Out of the quick subset: every test here trains through the launcher's loop.
+pytestmark = pytest.mark.slow
+
 
 def _assert_trees_equal(a, b):
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
@@ -17,8 +20,7 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("make_config", ["classification",
-                                         pytest.param("seq2seq", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("make_config", ["classification", "seq2seq"])
 def test_stop_and_resume_equals_uninterrupted(tmp_path, digits_data_dir, make_config):
     def config(**overrides):
         if make_config == "classification":
@@ -80,7 +82,6 @@ def test_second_run_on_a_busy_workdir_is_refused(tmp_path, digits_data_dir):
     train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=3), workdir)
 
 
-@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, digits_data_dir,
                                                                    caplog):
     import logging

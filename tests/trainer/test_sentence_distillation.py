@@ -26,6 +26,7 @@ def test_nearest_neighbour_agreement_by_hand():
     assert nearest_neighbour_agreement(swapped, teacher) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MINILM, reason=pretrained.MINILM_INSTALL)
 def test_student_distillation_runs_and_reports(tmp_path):
     workdir = str(tmp_path / "student")

@@ -1,10 +1,13 @@
 """The WMT14 config for a few steps on offline random data, through the real TFDS path."""
 
+import pytest
+
 from input_pipeline.fake_data import build_fake_dataset
 from tests.trainer.launcher import run_launcher
 from trainer.metrics import read_metrics
 
 
+@pytest.mark.slow
 def test_wmt14_base_config_runs_on_mock_data(tmp_path):
     data_dir = build_fake_dataset("wmt14_translate/de-en", str(tmp_path / "tfds"),
                                   {"train": 64, "test": 16})

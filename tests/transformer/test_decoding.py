@@ -77,6 +77,7 @@ def test_beam_size_one_with_alpha_zero_equals_greedy(model_and_params):
         _decode(model, params, strategy="greedy"))
 
 
+@pytest.mark.slow
 def test_beam_scores_sorted_and_best_first(model_and_params):
     model, params = model_and_params
     sequences, scores = jax.jit(lambda p, s: decoding.decode(
@@ -89,6 +90,7 @@ def test_beam_scores_sorted_and_best_first(model_and_params):
     np.testing.assert_array_equal(best, np.asarray(sequences)[:, 0])
 
 
+@pytest.mark.slow
 def test_beam_score_is_length_normalised_log_probability(model_and_params):
     model, params = model_and_params
     sequences, scores = decoding.decode(model, params, SOURCE, max_decode_length=MAX_LEN,
@@ -108,6 +110,7 @@ def test_beam_score_is_length_normalised_log_probability(model_and_params):
         np.testing.assert_allclose(scores[b, 0], expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_top_k_one_sampling_equals_greedy(model_and_params):
     model, params = model_and_params
     np.testing.assert_array_equal(

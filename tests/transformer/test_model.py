@@ -43,8 +43,8 @@ def _decode_step_by_step(model, params, source, target):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"norm_placement": "pre"}, {"scan_layers": True}, {"position_embedding": "learned"},
-     {"share_embeddings": True, "logits_via_embedding": True}],
+    [{}, {"norm_placement": "pre"}, pytest.param({"scan_layers": True}, marks=pytest.mark.slow),
+     {"position_embedding": "learned"}, {"share_embeddings": True, "logits_via_embedding": True}],
     ids=["post-ln", "pre-ln", "scan", "learned-pos", "shared-emb"],
 )
 def test_cached_decoding_matches_full_pass(overrides):
@@ -67,6 +67,7 @@ def test_decoder_is_causal():
     assert not np.allclose(out[0, 4], base[0, 4])
 
 
+@pytest.mark.slow
 def test_source_padding_is_ignored():
     model = _tiny()
     params = model.init(jax.random.key(3), SOURCE, TARGET)["params"]
@@ -97,6 +98,7 @@ def test_base_parameter_count():
     assert count == expected
 
 
+@pytest.mark.slow
 def test_train_mode_uses_dropout_rng():
     model = create_transformer("tiny", vocab_size=12, max_length=16, dropout_rate=0.3)
     params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
@@ -109,6 +111,7 @@ def test_train_mode_uses_dropout_rng():
         model.apply({"params": params}, SOURCE, TARGET, train=True)
 
 
+@pytest.mark.slow
 def test_remat_and_bfloat16_run_and_give_gradients():
     model = _tiny(remat_policy="dots", dtype=jnp.bfloat16, scan_layers=True)
     params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
@@ -175,6 +178,7 @@ def test_unknown_named_config():
         create_transformer("huge", vocab_size=10)
 
 
+@pytest.mark.slow
 def test_packed_rows_equal_separate_examples():
     """Two examples packed into one row give the logits of each example run alone."""
     model = _tiny(position_embedding="learned")

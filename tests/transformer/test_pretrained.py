@@ -72,6 +72,7 @@ def test_tokenizer_matches_reference(reference):
         np.testing.assert_array_equal(batch[key], reference[key])
 
 
+@pytest.mark.slow
 @needs_minilm
 @pytest.mark.parametrize("prefix", ["", "pair_"])
 def test_last_hidden_state_matches_pytorch(minilm, reference, prefix):
@@ -100,6 +101,7 @@ def test_matches_pytorch_live(minilm):
     np.testing.assert_allclose(hidden, live["pair_last_hidden_state"], rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 @needs_minilm
 def test_sentence_embeddings_rank_near_duplicates_first(minilm):
     model, params, _ = minilm

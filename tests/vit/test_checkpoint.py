@@ -42,6 +42,7 @@ def test_round_trip_is_exact_and_uses_official_keys(tmp_path):
         np.testing.assert_array_equal(flatten_params(loaded)[key], value)
 
 
+@pytest.mark.slow
 def test_scanned_model_saves_per_layer_and_loads_stacked(tmp_path):
     scanned = _model(scan_layers=True)
     params = _random_params(scanned)
@@ -78,6 +79,7 @@ def test_pre_logits_dropped_or_required(tmp_path):
         vit.load_pretrained(plain, _model(representation_size=24))
 
 
+@pytest.mark.slow
 def test_position_embedding_resized_224_to_384(tmp_path):
     model224 = vit.create_model("ViT-Ti_16", 10, image_size=224, **SMALL)
     params = _random_params(model224)
@@ -104,6 +106,7 @@ def test_resize_interpolates_a_smooth_grid():
     assert np.all(np.diff(resized, axis=0) >= 0) and np.all(np.diff(resized, axis=1) >= 0)
 
 
+@pytest.mark.slow
 def test_other_architecture_fails_naming_key_and_shapes(tmp_path):
     wide = _save(_random_params(_model(hidden_size=48, num_heads=2)), tmp_path, "wide.npz")
     with pytest.raises(ValueError, match=r"encoder_norm/bias: checkpoint \(48,\) vs "

@@ -82,6 +82,7 @@ def test_distillation_token_pair_in_training_mean_at_inference():
                                (cls_logits + dist_logits) / 2, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [dict(scan_layers=True),
                                        dict(scan_layers=True, remat_policy="full"),
                                        dict(remat_policy="dots")])
@@ -113,6 +114,7 @@ def test_intermediates_without_second_pass():
     assert state["intermediates"]["pre_logits"][0].shape == (2, 32)
 
 
+@pytest.mark.slow
 def test_bfloat16_computation_keeps_float32_params():
     model = _micro(dtype=jnp.bfloat16)
     params = model.init(jax.random.key(0), IMAGES)["params"]
