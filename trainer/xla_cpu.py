@@ -81,9 +81,10 @@ def unroll_threefry_on_cpu() -> bool:
     groups of rounds, which keeps compile times down but leaves XLA:CPU a while loop that makes
     a pass over the whole array per group. Unrolled, as JAX lowers it for GPU and TPU, XLA fuses
     the 20 rounds into one elementwise loop: 2.6M Bernoulli draws (the dropout masks of one
-    digits-demo step) took 74 ms rolled and 5 ms unrolled, and the demo's step went from about
-    130 to 100 ms (one-off timing, 2026-11-29). Same function, so the same bits: the trained
-    models do not change (tests/trainer/test_xla_cpu.py compares them with JAX's own lowering).
+    digits-demo step) took 67-73 ms rolled and 4-6 ms unrolled, and the demo trained at about
+    1,230 examples/s instead of 1,050 (docs/performance.md, 2026-11-29, with the commands).
+    Same function, so the same bits: the trained models do not change
+    (tests/trainer/test_xla_cpu.py compares them with JAX's own lowering).
     Process-wide; programs lowered before the call keep JAX's lowering. Uses
     ``jax.extend.random.threefry2x32_p`` and ``jax.interpreters.mlir``; a JAX without them
     keeps its own lowering.
