@@ -106,11 +106,18 @@ def timm_section(name: str, payload: dict) -> str:
 
 
 def memory_section(name: str, payload: dict) -> str:
+    rows = payload["results"]
+    baseline = next((r["memory_gib"] for r in rows if r["variant"] == "baseline"), None)
+    unchanged = [r["variant"] for r in rows
+                 if r["variant"].startswith("remat") and r["memory_gib"] == baseline]
+    note = (f" On this backend XLA reports the same memory for {', '.join(unchanged)} as for "
+            "baseline; measure remat's saving on a GPU or TPU (benchmarks/vit_memory.py)."
+            if unchanged else "")
     return _section(
         f"Training-step memory ({name})", _command("vit_memory", payload, name),
         _measured(payload["environment"]) + f" {payload['memory_source']}; largest batch "
-        f"within {payload['budget_gib']:.1f} GiB ({payload['budget_source']}).",
-        payload["results"], ["variant", "model", "batch_size", "memory_gib", "largest_batch"])
+        f"within {payload['budget_gib']:.1f} GiB ({payload['budget_source']})." + note,
+        rows, ["variant", "model", "batch_size", "memory_gib", "largest_batch"])
 
 
 def profile_section(name: str, payload: dict) -> str:
