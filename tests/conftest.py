@@ -44,7 +44,7 @@ def _pin_xdist_worker_to_its_share_of_cpus() -> None:
         return
     cpus = sorted(os.sched_getaffinity(0))
     share = cpus[int(worker[2:]) % workers::workers]
-    if share:  # fewer CPUs than workers: leave them all to every worker
+    if share:  # more workers than CPUs: the workers past the last CPU keep all of them
         os.sched_setaffinity(0, share)
 
 
