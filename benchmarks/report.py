@@ -80,13 +80,18 @@ def _section(title: str, command: str, measured: str, rows: list, columns: list)
                       table(rows, columns), "```", ""])
 
 
+def _each_peak(payload: dict) -> str:
+    measured = payload.get("peak_tflops_measured")  # absent in files from before 2026-11-29
+    return ": " + ", ".join(f"{p:.3f}" for p in measured) if measured else ""
+
+
 def throughput_section(name: str, payload: dict) -> str:
     rows = [dict(r, train_mfu=f"{r['train_mfu']:.1%}", infer_mfu=f"{r['infer_mfu']:.1%}")
             for r in payload["results"]]
     return _section(
         f"ViT throughput and MFU ({name})", _command("vit_throughput", payload, name),
         _measured(payload["environment"]) + f" Peak for MFU: {payload['peak_tflops']:.3f} "
-        f"TFLOP/s ({payload['peak_source']}).",
+        f"TFLOP/s ({payload['peak_source']}{_each_peak(payload)}).",
         rows, ["model", "batch_size", "precision", "train_examples_per_sec",
                "train_tflops_per_sec", "train_mfu", "infer_examples_per_sec", "infer_mfu",
                "peak_memory_mb", "train_page_faults_per_step"])

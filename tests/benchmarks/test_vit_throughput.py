@@ -18,6 +18,11 @@ def test_vit_throughput_benchmark_runs(tmp_path):
     assert abs(row["train_tflops_per_sec"] * seconds * 1e3 - row["train_gflops_per_step"]) \
         < 1e-6 * row["train_gflops_per_step"] + 1e-9
     assert 0 < row["train_mfu"] and payload["peak_tflops"] > 0
+    # The peak: measured before the model and after it, the best of the two kept.
+    assert len(payload["peak_tflops_measured"]) == 2
+    assert payload["peak_tflops"] == max(payload["peak_tflops_measured"])
+    assert abs(row["train_mfu"] * payload["peak_tflops"] - row["train_tflops_per_sec"]) \
+        < 1e-9 * row["train_tflops_per_sec"]
     assert row["peak_memory_mb"] is None or row["peak_memory_mb"] > 0
     assert row["train_page_faults_per_step"] >= 0 and row["train_system_cpu_s_per_step"] >= 0
     # Run as `python -m benchmarks.vit_throughput`, it restarted itself as the launcher does
