@@ -15,16 +15,23 @@ command; on a GPU the budget defaults to the device's ``bytes_limit``.
 Variants (``--variants``): ``baseline`` (no remat), ``remat_full`` (every block recomputed in
 the backward pass: ``jax.checkpoint`` saving nothing), ``remat_dots`` (matmul outputs saved,
 the rest recomputed), and ``accum4`` (the batch in 4 micro-batches of one update,
-``optimizer.accum_steps=4``). Largest batch: ``largest_batch`` (an affine prediction from
-two compiles, then galloping and bisection over multiples of ``--batch_multiple``).
+``optimizer.accum_steps=4``); ``scan``, ``scan_remat_full`` and ``scan_remat_dots``: the same
+with the blocks under one ``nn.scan`` (``model.scan_layers=True``). Largest batch:
+``largest_batch`` (an affine prediction from two compiles, then galloping and bisection over
+multiples of ``--batch_multiple``).
 
-On the CPU backend, XLA's analysis reports the same memory with and without remat (measured
-2026-11-28 on ViT-micro, 3 and 6 layers: identical temporaries, growing with depth in both);
-the remat rows are meaningful on GPU/TPU, where buffer assignment honours the recomputation.
-The CPU step does recompute (2026-11-29, ViT-Ti/16 cut to 3 layers, batch 16, one-off
-script: 98 dots in the compiled remat_full step against 77 without remat), but its
-temporaries stay 213 MiB; with ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED``
-the temporaries shrink (baseline 188 MiB) and remat still saves nothing (remat_full 193).
+On the CPU backend remat saves memory only with ``scan_layers``. Without it, XLA's analysis
+reports the same memory with and without remat (measured 2026-11-28 on ViT-micro, 3 and 6
+layers: identical temporaries, growing with depth in both), although the step does recompute
+(2026-11-29, ViT-Ti/16 cut to 3 layers, batch 16, one-off script: 98 dots in the compiled
+remat_full step against 77 without remat): XLA:CPU drops the optimization barriers that keep
+the recomputation in the backward pass and may schedule it early, so the activations stay
+live all the same (with ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`` the
+temporaries shrink, baseline 188 MiB, and remat still saves nothing, remat_full 193). Under
+``nn.scan`` the recomputation is inside the backward loop's body, where it cannot move: ViT-B/16
+at batch 16, 2026-11-29 (one-off script calling ``step_memory_bytes``): scan 5,873 MiB,
+scan_remat_dots 3,064 MiB, scan_remat_full 1,799 MiB, against 4,186 MiB for baseline. On
+GPU/TPU buffer assignment honours the recomputation in both forms.
 """
 
 from __future__ import annotations
@@ -42,35 +49,37 @@ from benchmarks.common import environment, table, write_json
 from configs.common import base_config, vit_model
 from trainer import xla_cpu
 
+VARIANTS = {  # name: (model.remat_policy, optimizer.accum_steps, model.scan_layers)
+    "baseline": ("none", 1, False),
+    "remat_full": ("full", 1, False),
+    "remat_dots": ("dots", 1, False),
+    "accum4": ("none", 4, False),
+    "scan": ("none", 1, True),
+    "scan_remat_full": ("full", 1, True),
+    "scan_remat_dots": ("dots", 1, True),
+}
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ViT-B_16", "A name from vit.VIT_VARIANTS.")
 flags.DEFINE_integer("batch_size", 64, "The batch whose memory is reported for every variant.")
 flags.DEFINE_integer("image_size", 224, "Square input resolution.")
-flags.DEFINE_list("variants", ["baseline", "remat_full", "remat_dots", "accum4"],
-                  "Which variants to compile.")
+flags.DEFINE_list("variants", list(VARIANTS), "Which variants to compile.")
 flags.DEFINE_float("budget_gb", None, "Memory budget for the largest batch (GiB); default: "
                    "the device's bytes_limit (GPU/TPU), 16 on CPU.")
 flags.DEFINE_integer("batch_multiple", 8, "Largest batches are multiples of this.")
 flags.DEFINE_bool("mixed_precision", False, "bfloat16 computation.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
-VARIANTS = {  # name: (model.remat_policy, optimizer.accum_steps)
-    "baseline": ("none", 1),
-    "remat_full": ("full", 1),
-    "remat_dots": ("dots", 1),
-    "accum4": ("none", 4),
-}
-
 
 def step_config(model: str, image_size: int, variant: str, mixed_precision: bool = False):
     """The launcher config of a ViT classification step for ``variant``."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {sorted(VARIANTS)}")
-    remat_policy, accum_steps = VARIANTS[variant]
+    remat_policy, accum_steps, scan_layers = VARIANTS[variant]
     config = base_config()
     config.task = "classification"
     config.model = vit_model(model, num_classes=1000, image_size=image_size,
-                             remat_policy=remat_policy)
+                             remat_policy=remat_policy, scan_layers=scan_layers)
     config.optimizer.accum_steps = accum_steps
     config.mixed_precision = mixed_precision
     return config

@@ -137,7 +137,8 @@ class Encoder(_StackFields):
       max_length: size of the position table.
       position_embedding: ``"learned"``, ``"sinusoidal"`` or ``"none"``.
       remat_policy: ``"none"``, ``"full"``, ``"dots"`` or ``"dots_no_batch"``
-        (``jax.checkpoint`` policy per block).
+        (``jax.checkpoint`` policy per block). On XLA:CPU it saves memory only together with
+        ``scan_layers`` (``benchmarks/vit_memory.py``); on GPU/TPU either way.
       scan_layers: ``nn.scan`` over the blocks (stacked parameters, faster compiles).
     """
 
