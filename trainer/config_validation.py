@@ -31,3 +31,15 @@ def validate(config: Any) -> None:
         raise ValueError(
             f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
             f"{config.num_train_steps}] or None")
+
+
+def backend_warnings(config: Any, backend: str) -> list[str]:
+    """Settings that are valid but do not do on ``backend`` what their name promises."""
+    model = config.get("model", {})
+    remat_policy = model.get("remat_policy", "none")
+    if backend == "cpu" and remat_policy != "none" and not model.get("scan_layers", False):
+        # Measured with benchmarks/vit_memory.py (its docstring: why XLA:CPU keeps them live).
+        return [f"config.model.remat_policy={remat_policy!r} saves no memory on the CPU "
+                "without config.model.scan_layers=True: XLA:CPU keeps the activations live "
+                "(benchmarks/vit_memory.py); set scan_layers=True to recompute them"]
+    return []

@@ -121,6 +121,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             f"batch_size={config.batch_size} must divide into optimizer.accum_steps="
             f"{accum_steps} micro-batches that each split over {mesh.devices.size} devices")
 
+    for warning in config_validation.backend_warnings(config, jax.default_backend()):
+        logging.warning(warning)
     task = create_task(config)
     total_steps = int(config.num_train_steps)
     tx, schedule = make_optimizer(config, total_steps)

@@ -1,0 +1,45 @@
+"""The launcher's config checks: each bad field named with its value, and the backend hints."""
+
+import pytest
+
+from configs import vit_digits
+from trainer import config_validation
+
+
+def test_the_demo_config_passes():
+    config_validation.validate(vit_digits.get_config())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, "config.batch_size=0 must be a positive integer"),
+    ("log_every_steps", True, "config.log_every_steps=True must be a positive integer"),
+    ("label_smoothing", 1.0, "config.label_smoothing=1.0 must be in [0, 1)"),
+    ("stop_after_step", 10**9, "config.stop_after_step=1000000000 must be in [1, num_train_steps="),
+])
+def test_a_bad_field_is_named_with_its_value(field, value, message):
+    config = vit_digits.get_config()
+    config[field] = value
+    with pytest.raises(ValueError) as error:
+        config_validation.validate(config)
+    assert message in str(error.value)
+
+
+def test_a_missing_field_and_a_bad_learning_rate_are_named():
+    config = vit_digits.get_config()
+    config.optimizer.learning_rate = -1.0
+    with pytest.raises(ValueError, match=r"config.optimizer.learning_rate=-1.0 must be > 0"):
+        config_validation.validate(config)
+    del config["eval_every_steps"]
+    with pytest.raises(ValueError, match=r"missing the field\(s\) \['eval_every_steps'\]"):
+        config_validation.validate(config)
+
+
+def test_remat_without_scan_layers_is_flagged_on_the_cpu_only():
+    config = vit_digits.get_config()
+    assert config_validation.backend_warnings(config, "cpu") == []
+    config.model.remat_policy = "full"
+    (warning,) = config_validation.backend_warnings(config, "cpu")
+    assert "remat_policy='full'" in warning and "scan_layers=True" in warning
+    assert config_validation.backend_warnings(config, "gpu") == []
+    config.model.scan_layers = True
+    assert config_validation.backend_warnings(config, "cpu") == []
