@@ -25,11 +25,12 @@ reports the same memory with and without remat (measured 2026-11-28 on ViT-micro
 layers: identical temporaries, growing with depth in both), although the step does recompute
 (2026-11-29, ViT-Ti/16 cut to 3 layers, batch 16, one-off script: 98 dots in the compiled
 remat_full step against 77 without remat): XLA:CPU drops the optimization barriers that keep
-the recomputation in the backward pass and may schedule it early, so the activations stay
-live all the same (with ``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`` the
-temporaries shrink, baseline 188 MiB, and remat still saves nothing, remat_full 193). Under
-``nn.scan`` the recomputation is inside the backward loop's body, where it cannot move: ViT-B/16
-at batch 16, 2026-11-29 (one-off script calling ``step_memory_bytes``): scan 5,873 MiB,
+the recomputation in the backward pass (ViT-micro's remat_full step: 2 in the lowered program,
+none compiled) and may schedule it early, so the activations stay live all the same (with
+``xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`` the temporaries shrink, baseline
+188 MiB, and remat still saves nothing, remat_full 193). Under ``nn.scan`` the recomputation is
+inside the backward loop's body, where it cannot move: ViT-B/16 at batch 16, 2026-11-29
+(one-off script calling ``benchmarks.step_memory.step_memory_bytes``): scan 5,873 MiB,
 scan_remat_dots 3,064 MiB, scan_remat_full 1,799 MiB, against 4,186 MiB for baseline. On
 GPU/TPU buffer assignment honours the recomputation in both forms.
 """
@@ -37,27 +38,13 @@ GPU/TPU buffer assignment honours the recomputation in both forms.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from benchmarks.batch_search import largest_batch
 from benchmarks.common import environment, table, write_json
-from configs.common import base_config, vit_model
-from trainer import xla_cpu
-
-VARIANTS = {  # name: (model.remat_policy, optimizer.accum_steps, model.scan_layers)
-    "baseline": ("none", 1, False),
-    "remat_full": ("full", 1, False),
-    "remat_dots": ("dots", 1, False),
-    "accum4": ("none", 4, False),
-    "scan": ("none", 1, True),
-    "scan_remat_full": ("full", 1, True),
-    "scan_remat_dots": ("dots", 1, True),
-}
+from benchmarks.step_memory import VARIANTS, step_config, step_memory_bytes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "ViT-B_16", "A name from vit.VIT_VARIANTS.")
@@ -69,46 +56,6 @@ flags.DEFINE_float("budget_gb", None, "Memory budget for the largest batch (GiB)
 flags.DEFINE_integer("batch_multiple", 8, "Largest batches are multiples of this.")
 flags.DEFINE_bool("mixed_precision", False, "bfloat16 computation.")
 flags.DEFINE_string("out", None, "JSON output path.")
-
-
-def step_config(model: str, image_size: int, variant: str, mixed_precision: bool = False):
-    """The launcher config of a ViT classification step for ``variant``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r} is not one of {sorted(VARIANTS)}")
-    remat_policy, accum_steps, scan_layers = VARIANTS[variant]
-    config = base_config()
-    config.task = "classification"
-    config.model = vit_model(model, num_classes=1000, image_size=image_size,
-                             remat_policy=remat_policy, scan_layers=scan_layers)
-    config.optimizer.accum_steps = accum_steps
-    config.mixed_precision = mixed_precision
-    return config
-
-
-def step_memory_bytes(config: Any, batch_size: int) -> int:
-    """XLA's memory estimate of the compiled, donated train step for ``batch_size``."""
-    from trainer.optimizers import make_optimizer
-    from trainer.steps import init_state, make_train_step
-    from trainer.tasks import create_task
-
-    accum_steps = int(config.optimizer.get("accum_steps", 1))
-    if batch_size % accum_steps:
-        raise ValueError(f"batch_size={batch_size} must be a multiple of accum_steps="
-                         f"{accum_steps}")
-    task = create_task(config)
-    tx, schedule = make_optimizer(config, total_steps=1000)
-    dummy = task.dummy_batch(1)
-    state = jax.eval_shape(lambda: init_state(task, tx, 0, dummy))
-    batch = {key: jax.ShapeDtypeStruct((batch_size, *np.shape(value)[1:]),
-                                       jnp.asarray(value).dtype)
-             for key, value in dummy.items()}
-    step = jax.jit(make_train_step(task, tx, schedule, accum_steps), donate_argnums=(0,),
-                   compiler_options=xla_cpu.compiler_options())
-    analysis = step.lower(state, batch, task.frozen_variables()).compile().memory_analysis()
-    if analysis is None:
-        raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis")
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
 def default_budget() -> tuple[int, str]:

@@ -3,6 +3,7 @@
 import pytest
 
 from benchmarks.batch_search import largest_batch
+from benchmarks.step_memory import step_config, step_memory_bytes
 from tests.benchmarks.runner import run_benchmark
 
 
@@ -28,16 +29,20 @@ def test_largest_batch_matches_brute_force(fixed, slope, kink):
 @pytest.mark.slow
 def test_vit_memory_benchmark_runs(tmp_path):
     payload = run_benchmark(tmp_path, "vit_memory", "--model=ViT-micro", "--image_size=16",
-                            "--batch_size=8", "--variants=scan,scan_remat_full",
-                            "--budget_gb=0.01", "--batch_multiple=8")
-    rows = {row["variant"]: row for row in payload["results"]}
-    row = rows["scan_remat_full"]
-    assert row["memory_gib"] > 0
+                            "--batch_size=8", "--variants=remat_full", "--budget_gb=0.01",
+                            "--batch_multiple=8")
+    row = payload["results"][0]
+    assert row["variant"] == "remat_full" and row["memory_gib"] > 0
     seen = {int(k): v for k, v in row["compiled_batches"].items()}
     budget = 0.01 * 2**30
     assert row["largest_batch"] > 0 and seen[row["largest_batch"]] <= budget
     assert seen[row["largest_batch"] + 8] > budget
-    # Without scan_layers XLA:CPU keeps the activations live despite remat; under nn.scan the
-    # recomputation stays in the backward loop's body and the step needs less memory.
-    assert rows["scan_remat_full"]["memory_gib"] < 0.8 * rows["scan"]["memory_gib"]
-    assert rows["scan_remat_full"]["largest_batch"] > rows["scan"]["largest_batch"]
+
+
+def test_remat_under_scan_layers_saves_memory():
+    # Without scan_layers XLA:CPU keeps the activations live despite remat (the docstring of
+    # benchmarks/vit_memory.py); under nn.scan the recomputation stays in the backward loop's
+    # body, on every backend.
+    scan, scan_remat = (step_memory_bytes(step_config("ViT-micro", 16, variant), batch_size=32)
+                        for variant in ("scan", "scan_remat_full"))
+    assert scan_remat < 0.8 * scan
