@@ -138,7 +138,7 @@ class Encoder(_StackFields):
       position_embedding: ``"learned"``, ``"sinusoidal"`` or ``"none"``.
       remat_policy: ``"none"``, ``"full"``, ``"dots"`` or ``"dots_no_batch"``
         (``jax.checkpoint`` policy per block). On XLA:CPU it saves memory only together with
-        ``scan_layers`` (``benchmarks/vit_memory.py``); on GPU/TPU either way.
+        ``scan_layers`` (``benchmarks/vit_memory.py``; GPU/TPU not measured here).
       scan_layers: ``nn.scan`` over the blocks (stacked parameters, faster compiles).
     """
 
