@@ -31,8 +31,8 @@ none compiled) and may schedule it early, so the activations stay live all the s
 188 MiB, and remat still saves nothing, remat_full 193). Under ``nn.scan`` the recomputation is
 inside the backward loop's body, where it cannot move: ViT-B/16 at batch 16, 2026-11-29
 (one-off script calling ``benchmarks.step_memory.step_memory_bytes``): scan 5,873 MiB,
-scan_remat_dots 3,064 MiB, scan_remat_full 1,799 MiB, against 4,186 MiB for baseline. On
-GPU/TPU buffer assignment honours the recomputation in both forms.
+scan_remat_dots 3,064 MiB, scan_remat_full 1,799 MiB, against 4,186 MiB for baseline. GPU/TPU
+were not measured here (no such device in this project's CI).
 """
 
 from __future__ import annotations
