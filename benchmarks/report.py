@@ -116,11 +116,13 @@ def memory_section(name: str, payload: dict) -> str:
     # A remat row beside the row it should improve on: baseline, or scan for scan_remat_*.
     unchanged = [r["variant"] for r in rows if "remat" in r["variant"] and r["memory_gib"]
                  == memory.get("scan" if r["variant"].startswith("scan") else "baseline")]
-    scanned = any(v.startswith("scan_remat") and v not in unchanged for v in memory)
-    note = (f" On this backend XLA reports the same memory for {', '.join(unchanged)} as "
-            "without remat" + ("; remat saves memory here under scan_layers (the scan_remat "
-                               "rows)" if scanned else "")
-            + "; see benchmarks/vit_memory.py." if unchanged else "")
+    note = ""
+    if unchanged:
+        note = (f" On this backend XLA reports the same memory for {', '.join(unchanged)} as "
+                "without remat")
+        if any(v.startswith("scan_remat") and v not in unchanged for v in memory):
+            note += "; remat saves memory here under scan_layers (the scan_remat rows)"
+        note += "; see benchmarks/vit_memory.py."
     return _section(
         f"Training-step memory ({name})", _command("vit_memory", payload, name),
         _measured(payload["environment"]) + f" {payload['memory_source']}; largest batch "

@@ -42,7 +42,7 @@ def test_vit_memory_benchmark_runs(tmp_path):
 def test_remat_under_scan_layers_saves_memory():
     # Without scan_layers XLA:CPU keeps the activations live despite remat (the docstring of
     # benchmarks/vit_memory.py); under nn.scan the recomputation stays in the backward loop's
-    # body, on every backend.
+    # body.
     scan, scan_remat = (step_memory_bytes(step_config("ViT-micro", 16, variant), batch_size=32)
                         for variant in ("scan", "scan_remat_full"))
     assert scan_remat < 0.8 * scan
