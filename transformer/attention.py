@@ -21,6 +21,10 @@ Array = jnp.ndarray
 Dtype = Any
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+# The custom-call target of cuDNN's fused attention in XLA's compiled GPU programs (forward
+# "...fmhaSoftmax", backward "...fmhaSoftmaxBackward", and variants): how a compiled program
+# shows that ``implementation="cudnn"`` reached the kernel.
+CUDNN_ATTENTION_TARGET = "__cudnn$fmha"
 
 
 def _check_implementation(implementation: str) -> None:
@@ -39,6 +43,44 @@ def _fused_kernel_supports(query: Array) -> bool:
         and query.shape[-1] % 8 == 0
         and jax.default_backend() == "gpu"
     )
+
+
+def _pad_length(x: Array, axis: int, extra: int) -> Array:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def _cudnn_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                     mask: Array | None) -> Array:
+    """cuDNN's fused kernel through ``jax.nn.dot_product_attention``; same arguments and
+    result as ``dot_product_attention`` (``[batch, length, heads, head_dim]``).
+
+    Odd sequence lengths are padded by one position: JAX (0.11.2) sends every differentiated
+    call down cuDNN's bias path, which takes even lengths only ("Unsupported sequence length Q
+    197, KV 197" under ``jax.grad``, seen on an H200 on 2026-11-29), and a ViT has 197 tokens.
+    The extra key is hidden (by the kernel's padding mask, ``key_value_seq_lengths``, or a
+    False column of ``mask``) and the extra query row is dropped, so the result is unchanged.
+    """
+    batch, q_length, _, _ = query.shape
+    kv_length = key.shape[1]
+    pad_q, pad_kv = q_length % 2, kv_length % 2
+    query = _pad_length(query, 1, pad_q)
+    key, value = _pad_length(key, 1, pad_kv), _pad_length(value, 1, pad_kv)
+    full = lambda x: None if x is None else _pad_length(_pad_length(  # noqa: E731
+        jnp.broadcast_to(x, (batch, x.shape[1], q_length, kv_length)), 2, pad_q), 3, pad_kv)
+    lengths = {}
+    if (pad_q or pad_kv) and mask is None:
+        lengths = {"query_seq_lengths": jnp.full((batch,), q_length, jnp.int32),
+                   "key_value_seq_lengths": jnp.full((batch,), kv_length, jnp.int32)}
+    out = jax.nn.dot_product_attention(
+        query, key, value, bias=full(None if bias is None else bias.astype(query.dtype)),
+        mask=full(mask), implementation="cudnn", **lengths)[:, :q_length]
+    if mask is not None:
+        # A row with no key gets a uniform average from the kernel (JAX's mask is a large
+        # negative bias); this module's convention is zeros.
+        out = jnp.where(_row_has_any_key(mask), out, jnp.zeros((), out.dtype))
+    return out
 
 
 def _row_has_any_key(mask: Array) -> Array:
@@ -186,22 +228,7 @@ def dot_product_attention(
 
     if not use_dropout and not return_weights:
         if implementation == "cudnn" and _fused_kernel_supports(query):
-            batch, q_length, heads, _ = query.shape
-            kv_length = key.shape[1]
-            full = lambda x: None if x is None else jnp.broadcast_to(  # noqa: E731
-                x, (batch, x.shape[1], q_length, kv_length)
-            )
-            out = jax.nn.dot_product_attention(
-                query,
-                key,
-                value,
-                bias=full(None if bias is None else bias.astype(dtype)),
-                mask=full(mask),
-                implementation="cudnn",
-            )
-            if mask is not None:
-                out = out * _row_has_any_key(mask).astype(out.dtype)
-            return out
+            return _cudnn_attention(query, key, value, bias, mask)
         if bias is None:
             scale = jnp.asarray(1.0 / query.shape[-1] ** 0.5, dtype)
             out = _softmax_attention(_heads_first(query) * scale, _heads_first(key),

@@ -1,5 +1,7 @@
 """dot_product_attention and MultiHeadAttention against a plain NumPy reference."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,8 @@ from transformer import (
     make_causal_mask,
     make_padding_mask,
 )
+from transformer import attention as attention_module
+from transformer.attention import CUDNN_ATTENTION_TARGET
 
 BATCH, Q_LEN, KV_LEN, HEADS, HEAD_DIM = 2, 5, 7, 3, 8
 
@@ -154,6 +158,79 @@ def test_cudnn_request_falls_back_to_xla_where_kernel_cannot_run(qkv):
     np.testing.assert_allclose(out, dot_product_attention(*qkv), atol=1e-6)
 
 
+@pytest.mark.parametrize("mask_name", ["none", "padding"])
+def test_cudnn_wrapper_pads_odd_lengths_without_changing_the_result(qkv, mask_name,
+                                                                    monkeypatch):
+    """The cuDNN path pads odd lengths (5 queries, 7 keys here) by one position for the kernel;
+    run through JAX's XLA implementation of the same call (the kernel needs a GPU), the padded
+    result equals the reference, rows with no key included."""
+    xla_attention = jax.nn.dot_product_attention
+    calls = []
+
+    def on_xla(*args, implementation=None, **kwargs):
+        calls.append((args[0].shape, implementation, sorted(kwargs)))
+        return xla_attention(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", on_xla)
+    mask = {"none": None, "padding": _padding_mask()}[mask_name]
+    out = attention_module._cudnn_attention(*qkv, None, mask)
+    assert calls[0][0] == (BATCH, Q_LEN + 1, HEADS, HEAD_DIM) and calls[0][1] == "cudnn"
+    assert out.shape == (BATCH, Q_LEN, HEADS, HEAD_DIM)
+    np.testing.assert_allclose(out, numpy_attention(*qkv, mask=mask), atol=1e-5)
+
+
+def _relative_error(actual, expected):
+    actual, expected = (np.asarray(x, np.float64) for x in (actual, expected))
+    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu",
+                            reason="cuDNN's fused attention kernel needs a GPU")
+
+
+@on_gpu
+@pytest.mark.parametrize("masked", [False, True])
+def test_cudnn_kernel_runs_and_matches_xla_path_on_gpu(masked):
+    """On a GPU, ``implementation="cudnn"`` reaches cuDNN's kernel (its custom call is in the
+    compiled forward and backward programs) and computes the XLA path's function, gradients
+    included: ViT-B's shapes, bfloat16 inputs; with a padding mask, rows with no key stay 0."""
+    rng = np.random.default_rng(7)
+    shape = (4, 197, 12, 64)
+    query, key, value, cotangent = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+                                    for _ in range(4))
+    mask = None
+    if masked:
+        lengths = np.array([197, 150, 64, 0])  # the last example is all padding
+        tokens = np.where(np.arange(197)[None] < lengths[:, None], 1, 0)
+        mask = make_padding_mask(jnp.asarray(tokens))
+
+    def loss(implementation, q, k, v):
+        out = dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+        return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32)), out
+
+    results = {}
+    for implementation in ("cudnn", "xla"):
+        grad = jax.jit(jax.value_and_grad(functools.partial(loss, implementation),
+                                          argnums=(0, 1, 2), has_aux=True))
+        compiled = grad.lower(query, key, value).compile().as_text()
+        calls = compiled.count(f'custom_call_target="{CUDNN_ATTENTION_TARGET}')
+        assert (calls >= 2) if implementation == "cudnn" else (calls == 0), (implementation,
+                                                                              calls)
+        (_, out), grads = grad(query, key, value)
+        results[implementation] = (out, grads)
+    (fused, fused_grads), (xla, xla_grads) = results["cudnn"], results["xla"]
+    assert np.all(np.isfinite(np.asarray(fused, np.float32)))
+    expected = numpy_attention(query, key, value, mask=mask)
+    # bfloat16 outputs: relative errors of ~4e-3 from rounding alone.
+    assert _relative_error(fused, expected) < 1e-2
+    assert _relative_error(xla, expected) < 1e-2
+    for fused_grad, xla_grad in zip(fused_grads, xla_grads, strict=True):
+        assert np.all(np.isfinite(np.asarray(fused_grad, np.float32)))
+        assert _relative_error(fused_grad, xla_grad) < 2e-2
+    if masked:
+        np.testing.assert_array_equal(np.asarray(fused[3], np.float32), 0.0)
+
+
 def test_wrong_rank_is_a_value_error(qkv):
     query, key, value = qkv
     with pytest.raises(ValueError, match="batch, length, heads, head_dim"):
@@ -187,6 +264,9 @@ def test_cross_attention_shapes_and_out_features():
     assert layer.apply(params, q, kv).shape == (2, 3, 24)
 
 
+# float32 matmuls at full precision: a GPU's default (TF32) rounds them to ~1e-3 and the
+# two ways of computing would differ by that (seen on an H200, 2026-11-29).
+@jax.default_matmul_precision("float32")
 def test_decode_cache_adds_one_position_per_call():
     layer = MultiHeadAttention(num_heads=2, decode=True)
     rng = np.random.default_rng(4)
