@@ -8,6 +8,7 @@ rematerialising compiler adds. The launcher logs ``train/mfu`` with this count a
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -29,11 +30,63 @@ PEAK_TFLOPS = {
 
 def lowered_flops(jitted: Any, *args: Any) -> float:
     """FLOPs of one call of ``jitted(*args)`` (all devices together), from XLA's cost analysis
-    of the lowered program; 0.0 where the backend reports none."""
-    analysis = jitted.lower(*args).cost_analysis()
+    of the lowered program, plus those of cuDNN's fused attention calls in it (XLA counts none
+    for a custom call: ``cudnn_attention_flops``); 0.0 where no analysis is available."""
+    lowered = jitted.lower(*args)
+    analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
         analysis = analysis[0] if analysis else None
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+    if analysis is None:
+        analysis = _cost_analysis_by_cpu_client(lowered)
+    flops = float(analysis.get("flops", 0.0)) if analysis else 0.0
+    return flops + cudnn_attention_flops(lowered.as_text())
+
+
+def _cost_analysis_by_cpu_client(lowered: Any) -> dict[str, float] | None:
+    """XLA's cost analysis of the lowered program, run by the CPU client.
+
+    Why: JAX has no cost analysis of a lowered program on backends it reaches through a PJRT
+    plugin (the GPU: ``Lowered.cost_analysis()`` returns None), and the compiled program's
+    analysis would count what the compiler adds (rematerialisation) and miss what it hands to
+    libraries. The lowered program is the same on every backend, so the CPU's ``HloCostAnalysis``
+    counts the same FLOPs. This goes through JAX's internal ``hlo_module_cost_analysis``: None
+    where that is missing or fails.
+    """
+    try:
+        from jax._src.lib import _jax  # internal; no public API analyses a lowered module
+
+        module = lowered.compiler_ir("hlo").as_hlo_module()
+        return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    except Exception:  # noqa: BLE001 - any failure means: no count (MFU then reads 0)
+        return None
+
+
+_CUDNN_ATTENTION_CALL = re.compile(
+    r"@?\"?(__cudnn\$fmha\w*).*?:\s*\(tensor<([0-9x]+)x\w+>\s*,\s*tensor<([0-9x]+)x\w+>")
+
+
+def cudnn_attention_flops(stablehlo_text: str) -> float:
+    """FLOPs of the cuDNN fused-attention calls in a lowered program's StableHLO text.
+
+    A call's first two operands are the query ``[batch, q_length, heads, head_dim]`` and the key
+    ``[batch, kv_length, heads, head_dim]`` (``transformer.attention``'s layout). The forward
+    pass is two matmuls (QKᵀ and PV): ``4 * batch * heads * q_length * kv_length * head_dim``;
+    the backward pass (a target ending in ``Backward``) four (dV, dP, dQ, dK), twice that,
+    which is what XLA counts for the same attention written out.
+    """
+    flops = 0.0
+    for line in stablehlo_text.splitlines():
+        if "__cudnn$fmha" not in line:
+            continue
+        match = _CUDNN_ATTENTION_CALL.search(line)
+        if match is None:
+            continue
+        target, query, key = match.groups()
+        query_dims = [int(d) for d in query.split("x")]
+        kv_length = int(key.split("x")[1])
+        forward = 4.0 * float(np.prod(query_dims)) * kv_length
+        flops += 2 * forward if target.endswith("Backward") else forward
+    return flops
 
 
 def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:

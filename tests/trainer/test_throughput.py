@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from trainer import throughput
 
@@ -12,6 +13,35 @@ def test_lowered_flops_of_a_matmul_is_two_n_cubed():
     assert throughput.lowered_flops(jax.jit(jnp.matmul), x, y) == 2 * 64 * 32 * 16
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="accelerators use published peaks")
 def test_cpu_peak_is_a_measured_matmul():
     peak, source = throughput.peak_flops("float32", matmul_size=128)
     assert peak > 0 and "measured float32 128x128 matmul" in source
+
+
+def test_cpu_client_counts_a_lowered_program_as_the_backend_does():
+    # The GPU's count (JAX has none for a lowered program there) comes from the CPU client.
+    lowered = jax.jit(jnp.matmul).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
+    by_cpu = throughput._cost_analysis_by_cpu_client(lowered)
+    assert by_cpu["flops"] == 2 * 64 * 32 * 16
+    if jax.default_backend() == "cpu":  # a GPU has none of its own (hence the CPU's)
+        assert lowered.cost_analysis()["flops"] == by_cpu["flops"]
+    assert throughput.lowered_flops(jax.jit(jnp.matmul), jnp.ones((64, 32)),
+                                    jnp.ones((32, 16))) == by_cpu["flops"]
+
+
+def test_cudnn_attention_flops_are_read_from_the_calls_operands():
+    # Lines as JAX lowers cuDNN's fused attention (forward and backward) for a ViT-B/16 batch
+    # of 256 with the query padded to 198 (transformer.attention), and one unrelated call.
+    q = k = "tensor<256x198x12x64xbf16>"
+    text = "\n".join([
+        f'%5:2 = stablehlo.custom_call @__cudnn$fmhaSoftmax(%1, %2, %3, %4) {{api_version = 2 '
+        f': i32, backend_config = "{{}}"}} : ({q}, {k}, {k}, tensor<0xbf16>) -> ({q}, '
+        'tensor<256x12x198xf32>)',
+        f'%9:3 = "stablehlo.custom_call"(%1, %2, %3) <{{call_target_name = '
+        f'"__cudnn$fmhaSoftmaxBackward"}}> : ({q}, {k}, {k}) -> ({q}, {k}, {k})',
+        '%10 = stablehlo.custom_call @Sharding(%9) : (tensor<4x4xf32>) -> tensor<4x4xf32>',
+    ])
+    forward = 4 * 256 * 198 * 12 * 64 * 198
+    assert throughput.cudnn_attention_flops(text) == forward + 2 * forward
+    assert throughput.cudnn_attention_flops("%1 = stablehlo.dot_general %a, %b") == 0
