@@ -85,6 +85,14 @@ def _each_peak(payload: dict) -> str:
     return ": " + ", ".join(f"{p:.3f}" for p in measured) if measured else ""
 
 
+def _attention_columns(rows: list) -> list:
+    """The attention columns where a row asked for cuDNN's kernel (GPU runs; absent in files
+    from before 2026-11-29)."""
+    if any(r.get("attention", "xla") != "xla" for r in rows):
+        return ["attention", "train_fused_attention_calls", "infer_fused_attention_calls"]
+    return []
+
+
 def throughput_section(name: str, payload: dict) -> str:
     rows = [dict(r, train_mfu=f"{r['train_mfu']:.1%}", infer_mfu=f"{r['infer_mfu']:.1%}")
             for r in payload["results"]]
@@ -94,7 +102,7 @@ def throughput_section(name: str, payload: dict) -> str:
         f"TFLOP/s ({payload['peak_source']}{_each_peak(payload)}).",
         rows, ["model", "batch_size", "precision", "train_examples_per_sec",
                "train_tflops_per_sec", "train_mfu", "infer_examples_per_sec", "infer_mfu",
-               "peak_memory_mb", "train_page_faults_per_step"])
+               "peak_memory_mb", "train_page_faults_per_step", *_attention_columns(rows)])
 
 
 def timm_section(name: str, payload: dict) -> str:

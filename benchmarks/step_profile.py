@@ -7,13 +7,15 @@ import collections
 import glob
 import gzip
 import json
+import os
 import re
+import shutil
 import tempfile
 from typing import Any
 
 import jax
 
-KINDS = ("matmul", "transpose/copy", "reduction", "elementwise", "other")
+KINDS = ("matmul", "fused attention", "transpose/copy", "reduction", "elementwise", "other")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z][\w-]*)\(")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
 
@@ -41,7 +43,10 @@ def op_kind(line: str, opcodes: dict[str, list[str]]) -> str:
     own = _INSTRUCTION.match(line)
     if own:
         ops.add(own.group(2))
-    if ops & {"dot", "convolution"}:
+    if "__cudnn$fmha" in line:  # GPU: cuDNN's fused attention (transformer.attention)
+        return "fused attention"
+    if ops & {"dot", "convolution"} or "__cublas" in line:  # GPU: cuBLAS matmul custom calls
+        return "matmul"
         return "matmul"
     if ops & {"reduce", "reduce-window"}:
         return "reduction"
@@ -76,9 +81,22 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def profile_step(run_step, hlo_text: str, top: int) -> dict[str, Any]:
+def _op_events(events: list[dict], lines: dict[str, str]) -> list[tuple[str, dict]]:
+    """(HLO instruction name, event) of the trace's op events. On a GPU the device's kernel
+    events name their instruction in ``args.hlo_op``; only those are used there, since the
+    host's events of the same ops would count them twice."""
+    ops = [(e.get("args", {}).get("hlo_op"), e) for e in events if e.get("ph") == "X"]
+    ops = [(name, e) for name, e in ops if name in lines]
+    if ops:
+        return ops
+    return [(e["name"], e) for e in events if e.get("ph") == "X" and e.get("name") in lines]
+
+
+def profile_step(run_step, hlo_text: str, top: int,
+                 keep_trace_in: str | None = None) -> dict[str, Any]:
     """Trace one ``run_step()`` and group its XLA op events by kind (how to read the result:
-    the docstring of benchmarks/vit_profile.py)."""
+    the docstring of benchmarks/vit_profile.py). ``keep_trace_in``: a directory that receives
+    the raw trace (``step.trace.json.gz``) and the compiled HLO (``step_hlo.txt.gz``)."""
     for _ in range(2):
         jax.block_until_ready(run_step())
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -88,15 +106,21 @@ def profile_step(run_step, hlo_text: str, top: int) -> dict[str, Any]:
         traces = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
         if not traces:
             raise RuntimeError(f"jax.profiler wrote no *.trace.json.gz under {trace_dir}")
+        if keep_trace_in:
+            os.makedirs(keep_trace_in, exist_ok=True)
+            shutil.copy(traces[0], os.path.join(keep_trace_in, "step.trace.json.gz"))
+            with gzip.open(os.path.join(keep_trace_in, "step_hlo.txt.gz"), "wt") as f:
+                f.write(hlo_text)
         with gzip.open(traces[0]) as f:
             events = json.load(f)["traceEvents"]
     lines, opcodes = hlo_computations(hlo_text)
-    ops = [e for e in events if e.get("ph") == "X" and e.get("name") in lines]
-    if not ops:
+    named_ops = _op_events(events, lines)
+    if not named_ops:
         raise RuntimeError("the trace has no events named after the step's HLO instructions")
+    ops = [event for _, event in named_ops]
     by_kind, by_place = collections.Counter(), collections.Counter()
-    for event in ops:
-        line = lines[event["name"]]
+    for name, event in named_ops:
+        line = lines[name]
         kind = op_kind(line, opcodes)
         by_kind[kind] += event["dur"] / 1e6
         by_place[(kind, _model_place(line))] += event["dur"] / 1e6

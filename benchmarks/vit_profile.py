@@ -37,14 +37,17 @@ flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation 
 flags.DEFINE_integer("top", 15, "Ops to list by time.")
 flags.DEFINE_bool("xla_defaults", False, "Compile with XLA's default options, not the "
                   "launcher's (trainer.xla_cpu): matmuls in YNNPACK, traced whole.")
+flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
+flags.DEFINE_string("keep_trace_in", None, "Directory for the raw trace and compiled HLO.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
 
 def main(argv):
     del argv
     built = training_step(FLAGS.model, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,
-                          compiler_options={} if FLAGS.xla_defaults else None)
-    result = profile_step(built["run_step"], built["compiled_step"].as_text(), FLAGS.top)
+                          FLAGS.attention, compiler_options={} if FLAGS.xla_defaults else None)
+    result = profile_step(built["run_step"], built["compiled_step"].as_text(), FLAGS.top,
+                          FLAGS.keep_trace_in)
     costs = timed_calls(built["run_step"], repeats=2, warmup=0)
     result.update(page_faults=costs["page_faults"], system_cpu_s=costs["system_cpu_s"])
     print(f"{FLAGS.model}, batch {FLAGS.batch_size}: step {result['step_seconds']:.2f} s, "
@@ -57,7 +60,7 @@ def main(argv):
     write_json(FLAGS.out, {"environment": environment(), **result,
                            "command_flags": {k: getattr(FLAGS, k) for k in (
                                "model", "batch_size", "image_size", "precision", "top",
-                               "xla_defaults")}})
+                               "xla_defaults", "attention")}})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import optax
 import vit
 from trainer import xla_cpu
 from trainer.throughput import lowered_flops
+from transformer.attention import CUDNN_ATTENTION_TARGET
 
 
 def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
@@ -27,6 +28,13 @@ def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
     return int(total), "XLA memory analysis of the step"
 
 
+def fused_attention_calls(compiled: Any) -> int:
+    """How many calls of cuDNN's fused attention kernel the compiled program makes: shows
+    that ``attention="cudnn"`` reached the kernel (0 on CPU, or where it fell back to XLA)."""
+    return sum(f'custom_call_target="{CUDNN_ATTENTION_TARGET}' in line
+               for line in compiled.as_text().splitlines())
+
+
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
                   attention: str = "xla",
                   compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -34,7 +42,8 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
 
     Returns ``run_step`` (one step, updating the held state; returns the new parameters to
     block on), ``forward`` (jitted inference on the batch), ``train_flops`` and
-    ``infer_flops`` (XLA's count of the lowered programs), ``compiled_step``, ``params`` and
+    ``infer_flops`` (XLA's count of the lowered programs), ``train_fused_attention_calls`` and
+    ``infer_fused_attention_calls`` (``fused_attention_calls``), ``compiled_step``, ``params`` and
     the ``images`` batch ``[batch_size, image_size, image_size, 3]``. ``compiler_options``
     (XLA debug options for ``jax.jit``) default to the launcher's (trainer.xla_cpu).
     """
@@ -48,12 +57,15 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     tx = optax.adamw(1e-3, weight_decay=0.05)
     opt_state = tx.init(params)
 
-    def loss_fn(p):
-        logits = model.apply({"params": p}, images, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def train_step(p, state):
-        grads = jax.grad(loss_fn)(p)
+    # The batch is an argument, as in the launcher's step and timm's: closed over, it would be
+    # a constant that XLA folds into the program (the patch embedding's reshapes computed at
+    # compile time, 154 MB of images in the executable for ViT-B/16 at batch 256).
+    def train_step(p, state, x, y):
+        grads = jax.grad(loss_fn)(p, x, y)
         updates, state = tx.update(grads, state, p)
         return optax.apply_updates(p, updates), state
 
@@ -63,16 +75,20 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False),
                       compiler_options=options)
     # The launcher's count (trainer.throughput): the lowered program's FLOPs.
-    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state),
+    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state, images, labels),
                                 lowered_flops(forward, params, images))
-    step = step_jit.lower(params, opt_state).compile()
+    step = step_jit.lower(params, opt_state, images, labels).compile()
     holder = {"params": params, "opt_state": opt_state}
 
     def run_step():
-        holder["params"], holder["opt_state"] = step(holder["params"], holder["opt_state"])
+        holder["params"], holder["opt_state"] = step(holder["params"], holder["opt_state"],
+                                                     images, labels)
         return holder["params"]
 
-    return {"run_step": run_step, "forward": forward.lower(params, images).compile(),
+    forward_compiled = forward.lower(params, images).compile()
+    return {"run_step": run_step, "forward": forward_compiled,
+            "train_fused_attention_calls": fused_attention_calls(step),
+            "infer_fused_attention_calls": fused_attention_calls(forward_compiled),
             "holder": holder, "images": images, "train_flops": train_flops,
             "infer_flops": infer_flops, "compiled_step": step,
             "parameters": int(sum(x.size for x in jax.tree.leaves(params)))}

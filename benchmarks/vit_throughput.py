@@ -13,6 +13,9 @@ of a large float32 matrix multiply measured in the same run (``--matmul_size``),
 first model and after each one, the best of those measurements.
 Host costs: page faults and kernel CPU seconds per training step (``getrusage``; see
 ``trainer.host_memory``, which this benchmark applies as the launcher does).
+Attention: ``--attention=cudnn`` asks for cuDNN's fused kernel (GPU, bfloat16); each row counts
+the kernel's calls in the compiled training step and inference pass, so a silent fallback to
+XLA's attention shows as 0.
 Memory: the device's peak bytes in use where the runtime reports it (GPU), otherwise XLA's
 memory analysis of the compiled step (arguments + outputs + temporaries, an upper bound).
 """
@@ -62,6 +65,9 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
         "infer_gflops_per_batch": infer_flops / 1e9,
         "infer_examples_per_sec": batch_size / infer_seconds,
         "infer_tflops_per_sec": infer_flops / infer_seconds / 1e12,
+        "attention": attention,
+        "train_fused_attention_calls": built["train_fused_attention_calls"],
+        "infer_fused_attention_calls": built["infer_fused_attention_calls"],
         "peak_memory_mb": None if memory is None else memory / 2**20,
         "memory_source": memory_source,
     }

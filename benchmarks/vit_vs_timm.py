@@ -37,6 +37,7 @@ flags.DEFINE_integer("image_size", 224, "Square input resolution.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Computation dtype.")
 flags.DEFINE_integer("rounds", 5, "Alternations of ours and timm's.")
 flags.DEFINE_integer("repeats", 3, "Timed steps per side per round (median).")
+flags.DEFINE_string("attention", "xla", "Ours: attention_implementation (xla or cudnn).")
 flags.DEFINE_bool("torch_compile", False, "Wrap timm's model in torch.compile.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
@@ -82,8 +83,8 @@ def timm_training_step(name: str, batch_size: int, image_size: int, precision: s
 
 
 def compare(name: str, batch_size: int, image_size: int, precision: str, rounds: int,
-            repeats: int, compile_model: bool = False) -> dict[str, Any]:
-    ours = training_step(name, batch_size, image_size, precision)
+            repeats: int, compile_model: bool = False, attention: str = "xla") -> dict[str, Any]:
+    ours = training_step(name, batch_size, image_size, precision, attention)
     theirs = timm_training_step(name, batch_size, image_size, precision, compile_model)
     if ours["parameters"] != theirs["parameters"]:
         raise RuntimeError(f"{name}: {ours['parameters']:,} parameters here but "
@@ -105,7 +106,8 @@ def compare(name: str, batch_size: int, image_size: int, precision: str, rounds:
         "timm_step_ms_per_round": [1000 * s for s in timm_seconds],
         "torch": theirs["torch"], "timm": theirs["timm"],
         "torch_threads": theirs["torch_threads"], "torch_device": theirs["torch_device"],
-        "torch_compile": compile_model,
+        "torch_compile": compile_model, "attention": attention,
+        "ours_fused_attention_calls": ours["train_fused_attention_calls"],
     }
 
 
@@ -115,7 +117,7 @@ def main(argv):
     rows = []
     for name in FLAGS.models:
         row = compare(name, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision, FLAGS.rounds,
-                      FLAGS.repeats, FLAGS.torch_compile)
+                      FLAGS.repeats, FLAGS.torch_compile, FLAGS.attention)
         rows.append(row)
         print(f"{name}: ours {row['ours_examples_per_sec']:.2f} img/s, timm "
               f"{row['timm_examples_per_sec']:.2f} img/s, ratio "
@@ -127,7 +129,7 @@ def main(argv):
         "device": jax.devices()[0].device_kind,
         "command_flags": {k: getattr(FLAGS, k) for k in (
             "models", "batch_size", "image_size", "precision", "rounds", "repeats",
-            "torch_compile")}})
+            "torch_compile", "attention")}})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The ViT throughput benchmark runs on a tiny shape and writes its JSON (speed is not
 asserted; FLOPs and MFU are checked for consistency only)."""
 
+import jax
 
+import vit
+from benchmarks.vit_steps import training_step
 from tests.benchmarks.runner import run_benchmark
 from trainer import host_memory
 
@@ -29,3 +32,26 @@ def test_vit_throughput_benchmark_runs(tmp_path):
     # (trainer.host_memory) where glibc and transparent huge pages are there.
     if host_memory.restart_tunables() is not None:
         assert "glibc.malloc.hugetlb=1" in payload["environment"]["glibc_tunables"]
+
+
+def test_fused_attention_calls_are_counted_in_the_compiled_programs():
+    """The benchmark's count of cuDNN attention calls (``attention="cudnn"``): on a GPU one per
+    layer in the inference pass and at least forward and backward per layer in the training
+    step; on the CPU, where the request falls back to XLA's attention, none."""
+    built = training_step("ViT-micro", batch_size=2, image_size=32, precision="bfloat16",
+                          attention="cudnn")
+    layers = vit.VIT_VARIANTS["ViT-micro"]["num_layers"]
+    if jax.default_backend() == "gpu":
+        assert built["infer_fused_attention_calls"] == layers
+        assert built["train_fused_attention_calls"] >= 2 * layers
+        # The FLOP count includes the kernel's matmuls (trainer.throughput.
+        # cudnn_attention_flops): XLA's count of the written-out attention within 5% (the
+        # softmax's elementwise FLOPs are not counted for the kernel, its padding of 65 tokens
+        # to 66 is); without them it would be about a third lower for this model.
+        xla = training_step("ViT-micro", batch_size=2, image_size=32, precision="bfloat16",
+                            attention="xla")
+        for flops in ("train_flops", "infer_flops"):
+            assert abs(built[flops] / xla[flops] - 1) < 0.05, (flops, built[flops], xla[flops])
+    else:
+        assert built["infer_fused_attention_calls"] == 0
+        assert built["train_fused_attention_calls"] == 0
