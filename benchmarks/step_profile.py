@@ -47,7 +47,6 @@ def op_kind(line: str, opcodes: dict[str, list[str]]) -> str:
         return "fused attention"
     if ops & {"dot", "convolution"} or "__cublas" in line:  # GPU: cuBLAS matmul custom calls
         return "matmul"
-        return "matmul"
     if ops & {"reduce", "reduce-window"}:
         return "reduction"
     if ops & {"transpose", "copy"}:

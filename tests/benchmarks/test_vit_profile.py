@@ -1,6 +1,6 @@
 """The step profile runs on a tiny shape and sorts its ops; its HLO parsing on known lines."""
 
-from benchmarks.step_profile import KINDS, hlo_computations, op_kind
+from benchmarks.step_profile import KINDS, _op_events, hlo_computations, op_kind
 from tests.benchmarks.runner import run_benchmark
 
 HLO = """\
@@ -35,6 +35,26 @@ def test_ops_are_sorted_by_what_their_computation_does():
              for name in ("ynn_fusion.1", "copy.1", "tanh_fusion", "reduce_fusion")}
     assert kinds == {"ynn_fusion.1": "matmul", "copy.1": "transpose/copy",
                      "tanh_fusion": "elementwise", "reduce_fusion": "reduction"}
+
+
+def test_gpu_custom_calls_and_kernel_events():
+    # A GPU's compiled step: cuBLAS and cuDNN custom calls; its trace: the host's event of an
+    # op and the device's kernel event naming the same op in args.hlo_op.
+    gpu_hlo = HLO.replace(
+        "  ROOT %reduce_fusion",
+        '  %gemm.1 = (f32[8,2]{1,0}, s8[0]{0}) custom-call(%a, %b), '
+        'custom_call_target="__cublas$gemm"\n'
+        '  %fmha.1 = (bf16[2,6,2,8]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b, %b), '
+        'custom_call_target="__cudnn$fmhaSoftmax"\n'
+        "  ROOT %reduce_fusion")
+    lines, opcodes = hlo_computations(gpu_hlo)
+    assert op_kind(lines["gemm.1"], opcodes) == "matmul"
+    assert op_kind(lines["fmha.1"], opcodes) == "fused attention"
+    host = {"ph": "X", "name": "gemm.1", "ts": 0, "dur": 5}
+    kernel = {"ph": "X", "name": "sm90_xmma_gemm", "ts": 1, "dur": 3,
+              "args": {"hlo_op": "gemm.1"}}
+    assert _op_events([host, kernel], lines) == [("gemm.1", kernel)]
+    assert _op_events([host], lines) == [("gemm.1", host)]  # a CPU trace: op events only
 
 
 def test_vit_profile_benchmark_runs(tmp_path):
