@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/README.md in one run (issue 7, item 5): cuDNN's fused attention
-# checked against XLA's on the GPU, then ViT throughput and MFU in bfloat16 with and without the
-# fused kernel, a profile of ViT-B/16's step, and the side-by-side with timm. On a CUDA machine with jax[cuda], flax and optax
-# (and torch + timm for the side-by-side, which is skipped where they are missing):
+# checked against XLA's on the GPU, ViT throughput and MFU in bfloat16 with and without the
+# fused kernel, a profile of ViT-B/16's step, and the side-by-side with timm. Needs a CUDA
+# machine with jax[cuda], flax and optax, and torch + timm for the side-by-side
+# (SIDE_BY_SIDE=0 skips it):
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu.sh          # JSON and logs under $OUT
+#   OUT=/tmp/gpu bash benchmarks/gpu.sh          # JSON, run.log and trace.tar under $OUT
 #   cp /tmp/gpu/*.json benchmarks/results/ && python -m benchmarks.report
 #
 # PYTHON, MODELS, BATCH, IMAGE and REPEATS override the defaults (a dry run on the CPU:
 # MODELS=ViT-micro BATCH=2 IMAGE=32 REPEATS=1 SIDE_BY_SIDE=0 OUT=/tmp/dry bash benchmarks/gpu.sh).
-# Each step has a time limit and a failed step does not stop the next one.
+# Each step has a time limit, and a failed step does not stop the next one (the exit status
+# says whether any failed). First run: 2026-11-29 on an H200 (docs/performance.md, "On a GPU").
 set -u
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/vitkd-gpu}
