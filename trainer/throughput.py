@@ -18,10 +18,14 @@ import numpy as np
 
 from trainer import xla_cpu
 
-# Dense peak TFLOP/s per device, by device kind prefix and precision (vendor data sheets).
+# Dense peak TFLOP/s per device, by device kind prefix and precision (vendor data sheets). The
+# longest matching prefix wins: "NVIDIA H100 PCIe" is not the SXM part ("NVIDIA H100 80GB HBM3").
 PEAK_TFLOPS = {
     ("NVIDIA H100", "bfloat16"): 989.0, ("NVIDIA H100", "float32"): 67.0,
+    ("NVIDIA H100 PCIe", "bfloat16"): 756.0, ("NVIDIA H100 PCIe", "float32"): 51.0,
+    ("NVIDIA H100 NVL", "bfloat16"): 835.0, ("NVIDIA H100 NVL", "float32"): 60.0,
     ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
+    ("NVIDIA H200 NVL", "bfloat16"): 835.0, ("NVIDIA H200 NVL", "float32"): 60.0,
     ("NVIDIA A100", "bfloat16"): 312.0, ("NVIDIA A100", "float32"): 19.5,
     ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0,
     ("TPU v5", "bfloat16"): 459.0,
@@ -109,6 +113,13 @@ def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2.0 * size**3 / float(np.min(times))
 
 
+def published_peak_tflops(device_kind: str, precision: str) -> float | None:
+    """``PEAK_TFLOPS`` of the longest prefix of ``device_kind`` listed for ``precision``."""
+    matches = [(len(prefix), tflops) for (prefix, dtype), tflops in PEAK_TFLOPS.items()
+               if device_kind.startswith(prefix) and dtype == precision]
+    return max(matches)[1] if matches else None
+
+
 def peak_flops(precision: str = "float32", matmul_size: int = 1024) -> tuple[float, str]:
     """Peak FLOP/s of all devices of this run and where the figure comes from.
 
@@ -117,10 +128,10 @@ def peak_flops(precision: str = "float32", matmul_size: int = 1024) -> tuple[flo
     process.
     """
     device = jax.local_devices()[0]
-    for (prefix, dtype), tflops in PEAK_TFLOPS.items():
-        if device.device_kind.startswith(prefix) and dtype == precision:
-            return (tflops * 1e12 * jax.device_count(),
-                    f"published {device.device_kind} {precision} peak x {jax.device_count()}")
+    tflops = published_peak_tflops(device.device_kind, precision)
+    if tflops is not None:
+        return (tflops * 1e12 * jax.device_count(),
+                f"published {device.device_kind} {precision} peak x {jax.device_count()}")
     return (measured_matmul_flops(matmul_size) * jax.process_count(),
             f"measured float32 {matmul_size}x{matmul_size} matmul x {jax.process_count()} "
             "process(es)")

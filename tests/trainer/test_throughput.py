@@ -45,3 +45,13 @@ def test_cudnn_attention_flops_are_read_from_the_calls_operands():
     forward = 4 * 256 * 198 * 12 * 64 * 198
     assert throughput.cudnn_attention_flops(text) == forward + 2 * forward
     assert throughput.cudnn_attention_flops("%1 = stablehlo.dot_general %a, %b") == 0
+
+
+def test_published_peak_is_the_longest_matching_device_kind():
+    assert throughput.published_peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert throughput.published_peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert throughput.published_peak_tflops("NVIDIA H200 NVL", "float32") == 60.0
+    assert throughput.published_peak_tflops("NVIDIA H200", "bfloat16") == 989.0
+    assert throughput.published_peak_tflops("TPU v5 lite", "bfloat16") == 197.0
+    assert throughput.published_peak_tflops("TPU v5p", "bfloat16") == 459.0
+    assert throughput.published_peak_tflops("cpu", "float32") is None
