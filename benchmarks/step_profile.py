@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from transformer.attention import CUDNN_ATTENTION_TARGET
+
 KINDS = ("matmul", "fused attention", "transpose/copy", "reduction", "elementwise", "other")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z][\w-]*)\(")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
@@ -43,7 +45,7 @@ def op_kind(line: str, opcodes: dict[str, list[str]]) -> str:
     own = _INSTRUCTION.match(line)
     if own:
         ops.add(own.group(2))
-    if "__cudnn$fmha" in line:  # GPU: cuDNN's fused attention (transformer.attention)
+    if CUDNN_ATTENTION_TARGET in line:  # GPU: cuDNN's fused attention (transformer.attention)
         return "fused attention"
     if ops & {"dot", "convolution"} or "__cublas" in line:  # GPU: cuBLAS matmul custom calls
         return "matmul"

@@ -13,7 +13,7 @@ import optax
 import vit
 from trainer import xla_cpu
 from trainer.throughput import lowered_flops
-from transformer.attention import CUDNN_ATTENTION_TARGET
+from transformer.attention import cudnn_attention_calls
 
 
 def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
@@ -28,13 +28,6 @@ def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
     return int(total), "XLA memory analysis of the step"
 
 
-def fused_attention_calls(compiled: Any) -> int:
-    """How many calls of cuDNN's fused attention kernel the compiled program makes: shows
-    that ``attention="cudnn"`` reached the kernel (0 on CPU, or where it fell back to XLA)."""
-    return sum(f'custom_call_target="{CUDNN_ATTENTION_TARGET}' in line
-               for line in compiled.as_text().splitlines())
-
-
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
                   attention: str = "xla",
                   compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,9 +36,10 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     Returns ``run_step`` (one step, updating the held state; returns the new parameters to
     block on), ``forward`` (jitted inference on the batch), ``train_flops`` and
     ``infer_flops`` (XLA's count of the lowered programs), ``train_fused_attention_calls`` and
-    ``infer_fused_attention_calls`` (``fused_attention_calls``), ``compiled_step``, ``params`` and
-    the ``images`` batch ``[batch_size, image_size, image_size, 3]``. ``compiler_options``
-    (XLA debug options for ``jax.jit``) default to the launcher's (trainer.xla_cpu).
+    ``infer_fused_attention_calls`` (``transformer.attention.cudnn_attention_calls``),
+    ``compiled_step``, ``params`` and the ``images`` batch ``[batch_size, image_size,
+    image_size, 3]``. ``compiler_options`` (XLA debug options for ``jax.jit``) default to the
+    launcher's (trainer.xla_cpu).
     """
     dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
     model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
@@ -87,8 +81,8 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
 
     forward_compiled = forward.lower(params, images).compile()
     return {"run_step": run_step, "forward": forward_compiled,
-            "train_fused_attention_calls": fused_attention_calls(step),
-            "infer_fused_attention_calls": fused_attention_calls(forward_compiled),
+            "train_fused_attention_calls": cudnn_attention_calls(step.as_text()),
+            "infer_fused_attention_calls": cudnn_attention_calls(forward_compiled.as_text()),
             "holder": holder, "images": images, "train_flops": train_flops,
             "infer_flops": infer_flops, "compiled_step": step,
             "parameters": int(sum(x.size for x in jax.tree.leaves(params)))}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import xla_cpu
+from transformer.attention import CUDNN_ATTENTION_TARGET
 
 # Dense peak TFLOP/s per device, by device kind prefix and precision (vendor data sheets). The
 # longest matching prefix wins: "NVIDIA H100 PCIe" is not the SXM part ("NVIDIA H100 80GB HBM3").
@@ -66,7 +67,8 @@ def _cost_analysis_by_cpu_client(lowered: Any) -> dict[str, float] | None:
 
 
 _CUDNN_ATTENTION_CALL = re.compile(
-    r"@?\"?(__cudnn\$fmha\w*).*?:\s*\(tensor<([0-9x]+)x\w+>\s*,\s*tensor<([0-9x]+)x\w+>")
+    rf"({re.escape(CUDNN_ATTENTION_TARGET)}\w*).*?:\s*\(tensor<([0-9x]+)x\w+>\s*,"
+    r"\s*tensor<([0-9x]+)x\w+>")
 
 
 def cudnn_attention_flops(stablehlo_text: str) -> float:
@@ -80,7 +82,7 @@ def cudnn_attention_flops(stablehlo_text: str) -> float:
     """
     flops = 0.0
     for line in stablehlo_text.splitlines():
-        if "__cudnn$fmha" not in line:
+        if CUDNN_ATTENTION_TARGET not in line:
             continue
         match = _CUDNN_ATTENTION_CALL.search(line)
         if match is None:

@@ -27,6 +27,12 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 CUDNN_ATTENTION_TARGET = "__cudnn$fmha"
 
 
+def cudnn_attention_calls(compiled_hlo_text: str) -> int:
+    """How many calls of cuDNN's fused attention a compiled program's HLO text makes (0 on
+    CPU, or where ``implementation="cudnn"`` fell back to XLA's attention)."""
+    return compiled_hlo_text.count(f'custom_call_target="{CUDNN_ATTENTION_TARGET}')
+
+
 def _check_implementation(implementation: str) -> None:
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
