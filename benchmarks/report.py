@@ -13,6 +13,7 @@ import json
 import os
 
 from benchmarks.common import table
+from benchmarks.step_matmuls import MATMUL_COLUMNS, matmuls_alone_summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMANDS = {
@@ -152,12 +153,17 @@ def profile_section(name: str, payload: dict) -> str:
                     f"{payload['step_seconds'] - payload['busy_seconds']:.2f} s of the step "
                     "show no op running.")
     kinds = [dict(r, share=f"{r['share']:.1%}") for r in payload["kinds"]]
-    return "\n".join([
-        _section(f"Where a training step's time goes ({name})",
-                 _command("vit_profile", payload, name),
-                 _measured(payload["environment"]) + " " + summary,
-                 kinds, ["kind", "op_seconds", "share"]),
-        "```", table(payload["top_ops"], ["kind", "op_seconds", "place"]), "```", ""])
+    lines = [_section(f"Where a training step's time goes ({name})",
+                      _command("vit_profile", payload, name),
+                      _measured(payload["environment"]) + " " + summary,
+                      kinds, ["kind", "op_seconds", "share"]),
+             "```", table(payload["top_ops"], ["kind", "op_seconds", "place"]), "```", ""]
+    if "matmuls_alone" in payload:
+        alone = payload["matmuls_alone"]
+        rows = [dict(r, share=f"{r['share']:.1%}") for r in alone["rows"][:flags["top"]]]
+        lines += [matmuls_alone_summary(alone, payload["step_seconds"]), "",
+                  "```", table(rows, MATMUL_COLUMNS), "```", ""]
+    return "\n".join(lines)
 
 
 def compiler_options_section(name: str, payload: dict) -> str:

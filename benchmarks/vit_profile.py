@@ -17,7 +17,10 @@ The step is compiled with the launcher's options (``trainer.xla_cpu``): matmuls 
 asynchronously on Eigen's threads, and their op events end before the work does, so the
 ``matmul`` row undercounts and part of the step shows no op running. ``--xla_defaults``
 profiles the step compiled with XLA's defaults instead, whose YNNPACK matmuls are traced
-whole.
+whole. So the profile also times each of the step's matmuls alone (``--time_matmuls``,
+benchmarks/step_matmuls.py) and measures the matmul peak of the MFU (trainer.throughput):
+the matmuls' summed time is what the step would take if all else were free, and the step's
+FLOPs over that time bound its MFU from above for these matmul kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from benchmarks.common import environment, table, timed_calls, write_json
+from benchmarks.step_matmuls import MATMUL_COLUMNS, matmuls_alone, matmuls_alone_summary
 from benchmarks.step_profile import profile_step
 from benchmarks.vit_steps import training_step
 from trainer import host_memory
@@ -38,6 +42,8 @@ flags.DEFINE_integer("top", 15, "Ops to list by time.")
 flags.DEFINE_bool("xla_defaults", False, "Compile with XLA's default options, not the "
                   "launcher's (trainer.xla_cpu): matmuls in YNNPACK, traced whole.")
 flags.DEFINE_string("attention", "xla", "attention_implementation (xla or cudnn).")
+flags.DEFINE_bool("time_matmuls", True, "Also time each of the step's matmuls alone and "
+                  "measure the MFU's peak (benchmarks.step_matmuls).")
 flags.DEFINE_string("keep_trace_in", None, "Directory for the raw trace and compiled HLO.")
 flags.DEFINE_string("out", None, "JSON output path.")
 
@@ -57,10 +63,14 @@ def main(argv):
     print(table([dict(r, share=f"{r['share']:.1%}") for r in result["kinds"]],
                 ["kind", "op_seconds", "share"]))
     print(table(result["top_ops"], ["kind", "op_seconds", "place"]))
+    if FLAGS.time_matmuls:
+        result["matmuls_alone"] = matmuls_alone(built, FLAGS.precision)
+        print(matmuls_alone_summary(result["matmuls_alone"], result["step_seconds"]))
+        print(table(result["matmuls_alone"]["rows"][:FLAGS.top], MATMUL_COLUMNS))
     write_json(FLAGS.out, {"environment": environment(), **result,
                            "command_flags": {k: getattr(FLAGS, k) for k in (
                                "model", "batch_size", "image_size", "precision", "top",
-                               "xla_defaults", "attention")}})
+                               "xla_defaults", "attention", "time_matmuls")}})
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     block on), ``forward`` (jitted inference on the batch), ``train_flops`` and
     ``infer_flops`` (XLA's count of the lowered programs), ``train_fused_attention_calls`` and
     ``infer_fused_attention_calls`` (``transformer.attention.cudnn_attention_calls``),
-    ``compiled_step``, ``params`` and the ``images`` batch ``[batch_size, image_size,
+    ``compiled_step``, ``lowered_step_text`` (its StableHLO), ``compiler_options`` (those it
+    was compiled with), ``params`` and the ``images`` batch ``[batch_size, image_size,
     image_size, 3]``. ``compiler_options`` (XLA debug options for ``jax.jit``) default to the
     launcher's (trainer.xla_cpu).
     """
@@ -71,7 +72,8 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     # The launcher's count (trainer.throughput): the lowered program's FLOPs.
     train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state, images, labels),
                                 lowered_flops(forward, params, images))
-    step = step_jit.lower(params, opt_state, images, labels).compile()
+    lowered_step = step_jit.lower(params, opt_state, images, labels)
+    step = lowered_step.compile()
     holder = {"params": params, "opt_state": opt_state}
 
     def run_step():
@@ -85,4 +87,5 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
             "infer_fused_attention_calls": cudnn_attention_calls(forward_compiled.as_text()),
             "holder": holder, "images": images, "train_flops": train_flops,
             "infer_flops": infer_flops, "compiled_step": step,
+            "lowered_step_text": lowered_step.as_text(), "compiler_options": options,
             "parameters": int(sum(x.size for x in jax.tree.leaves(params)))}

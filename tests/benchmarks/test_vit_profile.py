@@ -1,5 +1,7 @@
 """The step profile runs on a tiny shape and sorts its ops; its HLO parsing on known lines."""
 
+import pytest
+
 from benchmarks.step_profile import KINDS, _op_events, hlo_computations, op_kind
 from tests.benchmarks.runner import run_benchmark
 
@@ -66,3 +68,8 @@ def test_vit_profile_benchmark_runs(tmp_path):
     assert 0 < payload["busy_seconds"] <= payload["step_seconds"] + 1e-6
     assert payload["busy_seconds"] <= payload["op_seconds"] + 1e-6
     assert 0 < len(payload["top_ops"]) <= 5 and payload["page_faults"] >= 0
+    alone = payload["matmuls_alone"]  # each matmul of the step timed alone
+    assert alone["rows"] and alone["seconds"] > 0 and alone["peak_flops"] > 0
+    assert alone["mfu_bound"] == pytest.approx(
+        alone["step_flops"] / alone["seconds"] / alone["peak_flops"])
+    assert alone["flops"] <= alone["step_flops"]  # the dots are part of XLA's count
