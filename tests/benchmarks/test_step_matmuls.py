@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.step_matmuls import Matmul, matmuls_of, time_matmuls
+from benchmarks.step_matmuls import Matmul, matmuls_alone_summary, matmuls_of, time_matmuls
 
 BF16_LINE = ("    %7 = stablehlo.dot_general %5, %arg3, batching_dims = [0, 1] x [0, 1], "
              "contracting_dims = [3] x [3], precision = [DEFAULT, DEFAULT] : "
@@ -74,3 +74,15 @@ def test_each_distinct_matmul_is_timed_and_counted_by_its_occurrences():
     fn, lhs, rhs = batched.run({})
     np.testing.assert_allclose(fn(lhs, rhs), np.einsum("bij,bjk->bik", lhs, rhs), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_the_summary_gives_both_mfus_and_names_untimed_fused_attention():
+    alone = {"seconds": 2.0, "flops": 200e9, "step_flops": 240e9, "peak_flops": 150e9,
+             "peak_source": "measured", "matmul_only_mfu": 240e9 / 2.0 / 150e9,
+             "rows": [{"count": 3}, {"count": 2}]}
+    summary = matmuls_alone_summary(alone, step_seconds=2.5)
+    assert "5 matmuls (2 shapes)" in summary and "80% of the 2.50 s step" in summary
+    assert "MFU is 64.0%" in summary and "make 80.0%" in summary
+    assert "fused attention" not in summary
+    assert "12 fused attention calls" in matmuls_alone_summary(
+        dict(alone, untimed_fused_attention_calls=12), step_seconds=2.5)
