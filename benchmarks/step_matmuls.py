@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import re
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import time_call
 from trainer.throughput import peak_flops
 
 _DIMS = r"\[([\d, ]*)\] x \[([\d, ]*)\]"
@@ -43,6 +44,10 @@ _DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "f64": 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+
+
+def _joined(values: tuple[int, ...], separator: str = ",") -> str:
+    return separator.join(map(str, values))
 
 
 def _tensor_type(text: str) -> tuple[tuple[int, ...], str]:
@@ -74,13 +79,12 @@ class Matmul:
         return 2 * lhs_rest * rhs_free * contracted
 
     def describe(self) -> str:
-        """A readable label: ``32x197x192 . 192x768 (contract 2/0)``."""
-        shape = lambda s: "x".join(map(str, s))  # noqa: E731
-        batch = (f"batch {','.join(map(str, self.lhs_batch))}/"
-                 f"{','.join(map(str, self.rhs_batch))}, " if self.lhs_batch else "")
-        return (f"{shape(self.lhs_shape)} . {shape(self.rhs_shape)} ({batch}contract "
-                f"{','.join(map(str, self.lhs_contracting))}/"
-                f"{','.join(map(str, self.rhs_contracting))}; {self.lhs_dtype})")
+        """A readable label: ``32x197x192 . 192x768 (contract 2/0; f32)``."""
+        batch = (f"batch {_joined(self.lhs_batch)}/{_joined(self.rhs_batch)}, "
+                 if self.lhs_batch else "")
+        return (f"{_joined(self.lhs_shape, 'x')} . {_joined(self.rhs_shape, 'x')} ({batch}"
+                f"contract {_joined(self.lhs_contracting)}/{_joined(self.rhs_contracting)}; "
+                f"{self.lhs_dtype})")
 
     def run(self, compiler_options: dict[str, Any]):
         """A jitted ``dot_general`` of this shape and its random operands."""
@@ -121,25 +125,22 @@ def matmuls_of(stablehlo_text: str) -> collections.Counter[Matmul]:
 
 def time_matmuls(counts: collections.Counter[Matmul], compiler_options: dict[str, Any],
                  rounds: int = 5, repeats: int = 3) -> dict[str, Any]:
-    """Times each distinct matmul alone: ``repeats`` calls per round, ``rounds`` rounds that
-    go through all of them in turn (so that the machine's drift spreads over every shape),
-    median per call.
+    """Times each distinct matmul alone: ``rounds`` rounds that go through all of them in
+    turn (so that the machine's drift spreads over every shape), ``repeats`` calls each per
+    round; the median of the rounds' medians, as benchmarks.compiler_options_ab does.
 
     Returns ``seconds`` (sum over occurrences of the medians), ``flops`` (sum over
     occurrences) and ``rows``: one dict per distinct matmul (``matmul``, ``count``,
     ``gflop`` each, ``ms`` each, ``gflop_per_s``, ``total_ms``, ``share`` of ``seconds``),
     the costliest first.
     """
-    runs = {matmul: matmul.run(compiler_options) for matmul in counts}
-    for fn, lhs, rhs in runs.values():  # compile and warm up
-        fn(lhs, rhs).block_until_ready()
+    runs = {matmul: functools.partial(*matmul.run(compiler_options)) for matmul in counts}
+    for run in runs.values():  # compile and warm up
+        jax.block_until_ready(run())
     times: dict[Matmul, list[float]] = {matmul: [] for matmul in counts}
     for _ in range(rounds):
-        for matmul, (fn, lhs, rhs) in runs.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn(lhs, rhs).block_until_ready()
-                times[matmul].append(time.perf_counter() - start)
+        for matmul, run in runs.items():
+            times[matmul].append(time_call(run, repeats, warmup=0))
     medians = {matmul: float(np.median(t)) for matmul, t in times.items()}
     seconds = sum(medians[m] * n for m, n in counts.items())
     rows = [{"matmul": m.describe(), "count": n, "gflop": m.flops / 1e9,
