@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 
 from benchmarks.common import table
 from benchmarks.step_matmuls import MATMUL_COLUMNS, matmuls_alone_summary
@@ -61,7 +62,7 @@ def _command(module: str, payload: dict, out: str, python: str = "python") -> st
         elif isinstance(value, bool):
             flags.append(f"--{key}" if value else f"--no{key}")
             continue
-        flags.append(f"--{key}={value}")
+        flags.append(shlex.quote(f"--{key}={value}"))  # JSON-valued flags need quotes
     return " ".join([python, "-m", f"benchmarks.{module}", *flags,
                      f"--out=benchmarks/results/{out}.json"])
 
@@ -166,17 +167,25 @@ def profile_section(name: str, payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _joined(settings: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items()) or "(none)"
+
+
 def compiler_options_section(name: str, payload: dict) -> str:
-    rows = [dict(r, options=" ".join(f"{k}={v}" for k, v in r["options"].items()) or "(none)")
+    rows = [dict(r, options=_joined(r["options"]),
+                 model_overrides=_joined(r.get("model_overrides", {})),
+                 train_gflops=r.get("train_flops", 0) / 1e9)  # absent before 2026-11-30
             for r in payload["results"]]
     speedup = next(k for k in rows[0] if k.startswith("speedup_over_"))
+    of_model = bool(payload["command_flags"].get("model_variants"))
     return _section(
-        f"XLA compiler options, A/B in one process ({name})",
+        f"{'Model switches' if of_model else 'XLA compiler options'}, A/B in one process "
+        f"({name})",
         _command("compiler_options_ab", payload, name),
         _measured(payload["environment"]) + " Each variant compiled and timed twice (copies a "
         "and b, alternating rounds; medians): copies of one variant that differ show the "
         "noise.", rows, ["variant", "copy", "step_seconds", "examples_per_sec", speedup,
-                         "options"])
+                         *(["train_gflops", "model_overrides"] if of_model else ["options"])])
 
 
 SECTIONS = {"vit_throughput": throughput_section, "vit_vs_timm": timm_section,

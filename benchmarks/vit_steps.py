@@ -30,7 +30,8 @@ def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
 
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
                   attention: str = "xla",
-                  compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  compiler_options: dict[str, Any] | None = None,
+                  model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our jitted AdamW training step on random data, ready to time.
 
     Returns ``run_step`` (one step, updating the held state; returns the new parameters to
@@ -40,11 +41,11 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     ``compiled_step``, ``lowered_step_text`` (its StableHLO), ``compiler_options`` (those it
     was compiled with), ``params`` and the ``images`` batch ``[batch_size, image_size,
     image_size, 3]``. ``compiler_options`` (XLA debug options for ``jax.jit``) default to the
-    launcher's (trainer.xla_cpu).
+    launcher's (trainer.xla_cpu); ``model_overrides`` are ``vit.VisionTransformer`` fields.
     """
     dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
     model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
-                             attention_implementation=attention)
+                             attention_implementation=attention, **(model_overrides or {}))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)

@@ -72,6 +72,7 @@ def vit_model(name: str, num_classes: int, **fields) -> ml_collections.ConfigDic
         remat_policy="none",
         scan_layers=False,
         attention_implementation="xla",
+        skip_unread_tokens=True,
     ))
     model.update(fields)
     return model

@@ -143,14 +143,16 @@ class _BlockFields(nn.Module):
 
     def residual(
         self, x: Array, sublayer: Callable[[Array], Array], norm: nn.LayerNorm,
-        deterministic: bool,
+        deterministic: bool, keep: int | None = None,
     ) -> Array:
         """``x + dropout(sublayer(norm(x)))`` (pre-LN) or ``norm(x + dropout(sublayer(x)))``
-        (post-LN)."""
+        (post-LN). With ``keep``, ``sublayer`` returns only the first ``keep`` positions and
+        only those are added to (``x[:, :keep]``)."""
         drop = nn.Dropout(self.dropout_rate)
+        kept = x if keep is None else x[:, :keep]
         if self.norm_placement == "pre":
-            return x + drop(sublayer(norm(x)), deterministic=deterministic)
-        return norm(x + drop(sublayer(x), deterministic=deterministic))
+            return kept + drop(sublayer(norm(x)), deterministic=deterministic)
+        return norm(kept + drop(sublayer(x), deterministic=deterministic))
 
 
 class EncoderBlock(_BlockFields):
@@ -175,14 +177,28 @@ class EncoderBlock(_BlockFields):
     """
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
-        """``[batch, length, features]`` -> same shape; ``mask`` as in ``dot_product_attention``."""
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True,
+                 output_tokens: int | None = None) -> Array:
+        """``[batch, length, features]`` -> same shape; ``mask`` as in ``dot_product_attention``.
+
+        With ``output_tokens=n`` only the first ``n`` positions are computed and returned
+        (``[batch, n, features]``): their queries still attend to every position, but the
+        other positions' queries, attention outputs, residuals and MLP, which nothing after
+        the block would read, are skipped. Same parameters and the same values for those
+        positions (up to float32 rounding); the last block of a class-token ViT needs only
+        its first position.
+        """
         attention = self.attention("MultiHeadDotProductAttention_1")
+        query_mask = mask
+        if output_tokens is not None and mask is not None and mask.shape[-2] != 1:
+            query_mask = mask[..., :output_tokens, :]
+
+        def attend(y: Array) -> Array:
+            queries = y if output_tokens is None else y[:, :output_tokens]
+            return attention(queries, y, mask=query_mask, deterministic=deterministic)
+
         x = self.residual(
-            x,
-            lambda y: attention(y, mask=mask, deterministic=deterministic),
-            self.layer_norm("LayerNorm_0"),
-            deterministic,
+            x, attend, self.layer_norm("LayerNorm_0"), deterministic, keep=output_tokens
         )
         mlp = self.mlp("MlpBlock_3")
         # The MLP applies its own output dropout, so the branch adds none.

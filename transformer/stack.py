@@ -144,9 +144,14 @@ class Encoder(_StackFields):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False,
-                 positions: Array | None = None) -> Array:
+                 positions: Array | None = None, output_tokens: int | None = None) -> Array:
         """Embedded inputs ``[batch, length, features]`` -> ``[batch, length, features]``;
-        ``positions`` ``[batch, length]`` for packed sequences."""
+        ``positions`` ``[batch, length]`` for packed sequences.
+
+        ``output_tokens=n`` returns only the first ``n`` positions, ``[batch, n, features]``;
+        without ``scan_layers`` the last block then computes only those (see
+        ``EncoderBlock``), which a classifier reading its class token needs alone.
+        """
         x = AddPositionEmbedding(
             max_length=self.max_length,
             kind=self.position_embedding,
@@ -155,15 +160,21 @@ class Encoder(_StackFields):
         )(x, positions)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = x.astype(self.dtype or x.dtype)
-        # ``mask`` and ``deterministic`` are positional for remat's static_argnums.
-        block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3,))
+        # ``mask``, ``deterministic`` and ``output_tokens`` are positional for remat's
+        # static_argnums (the scanned body passes no ``output_tokens``).
         if self.scan_layers:
+            # Every scanned layer has one shape, so the last one cannot be cut short.
+            block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3,))
             x, _ = _scan_stack(
                 block_cls, self.num_layers, 1, not train, "encoderblock", **self.block_kwargs()
             )(x, None, mask)
+            x = x if output_tokens is None else x[:, :output_tokens]
         else:
+            block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3, 4))
             for i in range(self.num_layers):
-                x = block_cls(**self.block_kwargs(), name=f"encoderblock_{i}")(x, mask, not train)
+                last = i == self.num_layers - 1
+                x = block_cls(**self.block_kwargs(), name=f"encoderblock_{i}")(
+                    x, mask, not train, output_tokens if last else None)
         return self.final_norm(x, "encoder_norm")
 
 

@@ -189,19 +189,22 @@ on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu",
 
 @on_gpu
 @pytest.mark.parametrize("masked", [False, True])
-def test_cudnn_kernel_runs_and_matches_xla_path_on_gpu(masked):
+@pytest.mark.parametrize("query_length", [197, 1])
+def test_cudnn_kernel_runs_and_matches_xla_path_on_gpu(masked, query_length):
     """On a GPU, ``implementation="cudnn"`` reaches cuDNN's kernel (its custom call is in the
     compiled forward and backward programs) and computes the XLA path's function, gradients
-    included: ViT-B's shapes, bfloat16 inputs; with a padding mask, rows with no key stay 0."""
+    included: ViT-B's shapes, bfloat16 inputs; with a padding mask, rows with no key stay 0.
+    One query is the ViT's last block, which computes only its class token."""
     rng = np.random.default_rng(7)
     shape = (4, 197, 12, 64)
-    query, key, value, cotangent = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
-                                    for _ in range(4))
+    key, value = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for _ in range(2))
+    query, cotangent = (jnp.asarray(rng.normal(size=(4, query_length, 12, 64)), jnp.bfloat16)
+                        for _ in range(2))
     mask = None
     if masked:
         lengths = np.array([197, 150, 64, 0])  # the last example is all padding
         tokens = np.where(np.arange(197)[None] < lengths[:, None], 1, 0)
-        mask = make_padding_mask(jnp.asarray(tokens))
+        mask = make_padding_mask(jnp.asarray(tokens))[..., :query_length, :]
 
     def loss(implementation, q, k, v):
         out = dot_product_attention(q, k, v, mask=mask, implementation=implementation)

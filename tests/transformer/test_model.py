@@ -198,3 +198,20 @@ def test_packed_rows_equal_separate_examples():
     alone_second = model.apply({"params": params}, second_in, second_out)
     np.testing.assert_allclose(logits[0, :3], alone_first[0], atol=1e-5)
     np.testing.assert_allclose(logits[0, 3:7], alone_second[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_placement", ["pre", "post"])
+def test_encoder_block_output_tokens_are_the_full_blocks_first_positions(norm_placement):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 16)), jnp.float32)
+    # Each query row hides a different key, so the mask's query axis must be cut as well.
+    mask = ~jnp.eye(6, k=1, dtype=bool)[None, None]
+    block = EncoderBlock(num_heads=2, mlp_dim=32, norm_placement=norm_placement)
+    params = block.init(jax.random.key(0), x, mask)
+    full = block.apply(params, x, mask)
+    cut = block.apply(params, x, mask, True, 2)
+    assert cut.shape == (2, 2, 16)
+    np.testing.assert_allclose(cut, full[:, :2], rtol=1e-5, atol=1e-6)
+    # The positions not computed still reach the kept ones as keys and values.
+    # (A change LayerNorm cannot remove: not a constant shift.)
+    moved = block.apply(params, x.at[:, 4].multiply(jnp.linspace(-1.0, 2.0, 16)), mask, True, 2)
+    assert not np.allclose(moved, cut, atol=1e-3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import vit
+from trainer.throughput import lowered_flops
 from vit.checkpoint import flatten_params, stack_blocks, unflatten_params
 
 PUBLISHED = {  # name: (hidden, layers, heads, mlp, patch)
@@ -149,3 +150,46 @@ def test_patch_embedding_is_the_strided_convolution():
     got, want = jax.grad(loss(embed))(params), jax.grad(loss(conv))(params)
     for name in ("kernel", "bias"):
         np.testing.assert_allclose(got["params"][name], want["params"][name], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(distillation_token=True),
+                                       dict(representation_size=16),
+                                       dict(remat_policy="dots")])
+def test_last_block_computing_only_the_read_tokens_changes_no_logit_or_gradient(overrides):
+    model = _micro(**overrides)
+    reference = model.clone(skip_unread_tokens=False)
+    params = _randomized(model.init(jax.random.key(0), IMAGES)["params"])
+    for train in (False, True):
+        np.testing.assert_allclose(model.apply({"params": params}, IMAGES, train=train),
+                                   reference.apply({"params": params}, IMAGES, train=train),
+                                   rtol=1e-5, atol=1e-6)
+
+    def grads(module):
+        return jax.grad(lambda p: jnp.sum(jnp.sin(module.apply({"params": p}, IMAGES))))(params)
+
+    got, want = grads(model), grads(reference)
+    # Relative to the largest gradient: some are zero in exact arithmetic (a key bias shifts
+    # every logit of a row alike), so each leaf's own scale would be rounding noise.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+def test_last_block_skips_the_work_of_the_tokens_no_head_reads(classifier):
+    """XLA's FLOP count of a training gradient: the class-token model's last block computes
+    one of its 17 tokens (its keys and values excepted); a pooling model reads every token
+    and computes all of them."""
+    model = _micro(classifier=classifier)
+    params = model.init(jax.random.key(0), IMAGES)["params"]
+
+    def flops(module):
+        loss = lambda p: jnp.sum(module.apply({"params": p}, IMAGES, train=True))  # noqa: E731
+        return lowered_flops(jax.jit(jax.grad(loss)), params)
+
+    got, want = flops(model), flops(model.clone(skip_unread_tokens=False))
+    if classifier == "gap":
+        assert got == want
+    else:
+        # Two blocks: the last is about half the count, and most of it is skipped.
+        assert got < 0.75 * want, (got, want)
