@@ -172,8 +172,9 @@ class EncoderBlock(_BlockFields):
       dtype / param_dtype: computation / parameter dtypes.
       attention_implementation: ``"xla"`` or ``"cudnn"``.
 
-    The block's output ``[batch, length, features]`` is sown as ``hidden_state`` in
-    ``"intermediates"`` when that collection is mutable.
+    The block's output ``[batch, length, features]`` (``[batch, n, features]`` with
+    ``output_tokens=n``) is sown as ``hidden_state`` in ``"intermediates"`` when that
+    collection is mutable.
     """
 
     @nn.compact
