@@ -33,10 +33,11 @@ def cudnn_attention_calls(compiled_hlo_text: str) -> int:
     return compiled_hlo_text.count(f'custom_call_target="{CUDNN_ATTENTION_TARGET}')
 
 
-def _check_implementation(implementation: str) -> None:
+def check_implementation(implementation: str) -> None:
+    """Raise ``ValueError`` unless ``implementation`` is one of ``ATTENTION_IMPLEMENTATIONS``."""
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
-            f"attention implementation={implementation!r} is not supported; "
+            f"attention_implementation={implementation!r} is not supported; "
             f"expected one of {ATTENTION_IMPLEMENTATIONS}"
         )
 
@@ -218,7 +219,7 @@ def dot_product_attention(
     Returns:
       ``[batch, q_length, heads, head_dim]`` (and the weights when ``return_weights``).
     """
-    _check_implementation(implementation)
+    check_implementation(implementation)
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
         raise ValueError(
             "query, key and value must be [batch, length, heads, head_dim]; got shapes "
@@ -226,10 +227,16 @@ def dot_product_attention(
         )
     dtype = dtype or jnp.result_type(query.dtype, key.dtype, value.dtype)
     query, key, value = (x.astype(dtype) for x in (query, key, value))
+    # Leading axes are added here so that every path (cuDNN's reads the heads axis) sees
+    # [batch|1, heads|1, q, kv].
     if mask is not None:
         mask = jnp.asarray(mask, dtype=bool)
         while mask.ndim < 4:
             mask = mask[None]
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        while bias.ndim < 4:
+            bias = bias[None]
     use_dropout = dropout_rate > 0.0 and not deterministic
 
     if not use_dropout and not return_weights:
@@ -295,7 +302,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"qkv_features={self.qkv_features} must be divisible by num_heads={self.num_heads}"
             )
-        _check_implementation(self.attention_implementation)
+        check_implementation(self.attention_implementation)
         super().__post_init__()
 
     @nn.compact

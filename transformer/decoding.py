@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from transformer.masks import PAD_ID
 from transformer.model import EOS_ID, Transformer
+from transformer.token_ids import check_token_ids
 
 Array = jnp.ndarray
 NEG_INF = -1.0e7
@@ -61,6 +62,7 @@ def _check_decode_args(inputs: Array, max_decode_length: int, vocab_size: int) -
         raise ValueError(f"inputs must be [batch, source_length] token ids; got {inputs.shape}")
     if max_decode_length < 1:
         raise ValueError(f"max_decode_length={max_decode_length} must be >= 1")
+    check_token_ids(inputs, vocab_size, "inputs")
 
 
 # ----------------------------------------------------------------------------- token choice
@@ -173,7 +175,10 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, b
     (``expand_to_beams``). A hypothesis ending in ``eos_id`` is finished only when it ranks
     among the ``beam_size`` best candidates of its step (as in fairseq), so ``beam_size=1``
     with ``alpha=0`` is exactly greedy decoding. The loop stops when no live hypothesis can
-    beat the worst finished one of any example.
+    beat the worst finished one of any example. As in Flax's WMT example and T2T, an example
+    that finished any hypothesis returns its finished ones only; hypotheses still live at
+    ``max_decode_length`` (no ``EOS``: cut off, not ended) are returned only by examples
+    that finished none.
 
     Returns:
       sequences ``[batch, beam_size, max_decode_length]`` and scores ``[batch, beam_size]``
@@ -256,7 +261,7 @@ def decode(model: Transformer, params: Any, inputs: Array, *, max_decode_length:
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not supported; expected one of {STRATEGIES}")
-    _check_decode_args(inputs, max_decode_length, model.target_vocab_size)
+    _check_decode_args(inputs, max_decode_length, model.vocab_size)
     batch_size, source_length = inputs.shape
     encoded = model.apply({"params": params}, inputs, method="encode")
     if strategy != "beam":
@@ -279,11 +284,17 @@ def decode(model: Transformer, params: Any, inputs: Array, *, max_decode_length:
 
 def make_decoder(model: Transformer, *, max_decode_length: int, strategy: str = "greedy",
                  **options: Any) -> Callable[..., Array]:
-    """A jitted ``(params, inputs, rng=None) -> tokens`` for fixed decoding options."""
+    """A jitted ``(params, inputs, rng=None) -> tokens`` for fixed decoding options; the
+    inputs' token ids are checked on the host before the call (inside the jitted function
+    they cannot be read)."""
 
     @jax.jit
     def run(params: Any, inputs: Array, rng: Array | None = None):
         return decode(model, params, inputs, max_decode_length=max_decode_length,
                       strategy=strategy, rng=rng, **options)
 
-    return run
+    def checked_run(params: Any, inputs: Array, rng: Array | None = None):
+        check_token_ids(inputs, model.vocab_size, "inputs")
+        return run(params, inputs, rng)
+
+    return checked_run

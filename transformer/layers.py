@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import MultiHeadAttention
+from transformer.attention import MultiHeadAttention, check_implementation
 
 Array = jnp.ndarray
 Dtype = Any
@@ -31,12 +31,14 @@ NORM_PLACEMENTS = ("pre", "post")
 
 
 def check_block_fields(
-    *, num_heads: int, norm_placement: str, activation: str, dropout_rate: float,
-    attention_dropout_rate: float,
+    *, num_heads: int, mlp_dim: int, norm_placement: str, activation: str, dropout_rate: float,
+    attention_dropout_rate: float, attention_implementation: str,
 ) -> None:
     """Raise ``ValueError`` naming the field when a block setting is invalid."""
-    if num_heads < 1:
-        raise ValueError(f"num_heads={num_heads} must be >= 1")
+    for name, value in (("num_heads", num_heads), ("mlp_dim", mlp_dim)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    check_implementation(attention_implementation)
     if norm_placement not in NORM_PLACEMENTS:
         raise ValueError(
             f"norm_placement={norm_placement!r} is not supported; expected one of {NORM_PLACEMENTS}"
@@ -105,10 +107,12 @@ class _BlockFields(nn.Module):
     def __post_init__(self) -> None:
         check_block_fields(
             num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
             norm_placement=self.norm_placement,
             activation=self.activation,
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
+            attention_implementation=self.attention_implementation,
         )
         super().__post_init__()
 

@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from transformer.embeddings import POSITION_EMBEDDINGS
+from transformer.layers import check_block_fields
 from transformer.masks import (
     PAD_ID,
     combine_masks,
@@ -19,7 +21,8 @@ from transformer.masks import (
     make_padding_mask,
     make_segment_mask,
 )
-from transformer.stack import Decoder, Encoder
+from transformer.stack import Decoder, Encoder, check_stack_fields
+from transformer.token_ids import check_token_ids
 
 Array = jnp.ndarray
 Dtype = Any
@@ -95,6 +98,20 @@ class Transformer(nn.Module):
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
             raise ValueError(f"vocab_size={self.vocab_size} must be >= 2 (PAD and EOS)")
+        if self.output_vocab_size is not None and self.output_vocab_size < 2:
+            raise ValueError(
+                f"output_vocab_size={self.output_vocab_size} must be >= 2 (PAD and EOS)")
+        check_block_fields(
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_placement=self.norm_placement,
+            activation=self.activation, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            attention_implementation=self.attention_implementation,
+        )
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding={self.position_embedding!r} is not supported; "
+                             f"expected one of {POSITION_EMBEDDINGS}")
+        for field in ("num_encoder_layers", "num_decoder_layers"):
+            check_stack_fields(getattr(self, field), self.remat_policy, layers_field=field)
         if self.emb_dim % self.num_heads:
             raise ValueError(
                 f"emb_dim={self.emb_dim} (hidden size) must be divisible by "
@@ -167,6 +184,7 @@ class Transformer(nn.Module):
         source_length]`` numbers the examples and ``inputs_positions`` restarts at 0 for each:
         attention stays within an example.
         """
+        check_token_ids(inputs, self.vocab_size, "inputs")
         mask = make_padding_mask(inputs)
         if inputs_segmentation is not None:
             mask = combine_masks(mask, make_segment_mask(inputs_segmentation,
@@ -189,6 +207,8 @@ class Transformer(nn.Module):
           inputs_segmentation / targets_segmentation / targets_positions: packed rows (see
             ``encode``); each packed example's decoder input starts with ``PAD_ID``.
         """
+        check_token_ids(targets, self.target_vocab_size, "targets",
+                        "output_vocab_size" if self.output_vocab_size else "vocab_size")
         if self.decoding:
             decoder_inputs = targets
             self_mask = None  # the cache masks positions not yet written
@@ -199,6 +219,13 @@ class Transformer(nn.Module):
                 make_padding_mask(targets), make_causal_mask(targets.shape[1])
             )
             cross_mask = make_padding_mask(targets, inputs)
+            if (inputs_segmentation is None) != (targets_segmentation is None):
+                # One without the other would mask half of the packing: cross-attention
+                # would reach the other examples of the row.
+                raise ValueError(
+                    "packed rows need both inputs_segmentation and targets_segmentation; got "
+                    f"only {'inputs' if targets_segmentation is None else 'targets'}"
+                    "_segmentation")
             if targets_segmentation is not None:
                 # The first token of every packed example starts from PAD, not from the
                 # previous example's last token.

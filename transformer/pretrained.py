@@ -34,6 +34,7 @@ import numpy as np
 
 from transformer.masks import make_attention_mask
 from transformer.stack import Encoder
+from transformer.token_ids import check_token_ids
 
 Array = jnp.ndarray
 Dtype = Any
@@ -102,6 +103,8 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array) -> Array:
         """Token ids and token-type ids ``[batch, length]`` -> ``[batch, length, hidden_size]``."""
+        check_token_ids(input_ids, self.vocab_size, "input_ids")
+        check_token_ids(token_type_ids, self.type_vocab_size, "token_type_ids", "type_vocab_size")
         length = input_ids.shape[1]
         if length > self.max_position_embeddings:
             raise ValueError(

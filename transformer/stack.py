@@ -4,7 +4,9 @@ Both stacks support rematerialisation (``jax.checkpoint`` with a named policy) a
 ``nn.scan`` over layers, which compiles one block instead of ``num_layers`` copies. A scanned
 stack stores its blocks' parameters stacked along a leading ``[num_layers]`` axis under one
 name (``encoderblock`` / ``decoderblock``) instead of ``encoderblock_0 … encoderblock_{n-1}``;
-``transformer.scan_utils`` converts between the two layouts.
+``vit.checkpoint.stack_blocks`` and ``vit.checkpoint.unstack_scanned_blocks`` convert a ViT
+encoder's parameters between the two layouts; the seq2seq model has no such converter, so its
+parameters load only into a model with the same ``scan_layers``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ REMAT_POLICIES = {
 }
 
 
-def _check_stack_fields(num_layers: int, remat_policy: str) -> None:
+def check_stack_fields(num_layers: int, remat_policy: str,
+                       layers_field: str = "num_layers") -> None:
+    """Raise ``ValueError`` naming the field (``layers_field`` for the depth) when a stack
+    setting is invalid."""
     if num_layers < 1:
-        raise ValueError(f"num_layers={num_layers} must be >= 1")
+        raise ValueError(f"{layers_field}={num_layers} must be >= 1")
     if remat_policy not in REMAT_POLICIES:
         raise ValueError(
             f"remat_policy={remat_policy!r} is not supported; expected one of "
@@ -94,7 +99,7 @@ class _StackFields(nn.Module):
     scan_layers: bool = False
 
     def __post_init__(self) -> None:
-        _check_stack_fields(self.num_layers, self.remat_policy)
+        check_stack_fields(self.num_layers, self.remat_policy)
         super().__post_init__()
 
     def block_kwargs(self) -> dict:

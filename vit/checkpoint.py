@@ -13,6 +13,7 @@ The official checkpoints live at ``gs://vit_models/imagenet21k/ViT-B_16.npz`` (a
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -22,11 +23,13 @@ import scipy.ndimage
 from absl import logging
 from flax import traverse_util
 
-from vit.model import VisionTransformer
+from vit.model import VisionTransformer, to_pair
 
 OFFICIAL_CHECKPOINTS = "gs://vit_models/imagenet21k/ and gs://vit_models/augreg/"
 _SCANNED_BLOCK = "Transformer/encoderblock/block/"
 _POSEMBED = "Transformer/posembed_input/pos_embedding"
+# Parameters of the tokens that precede the patches in the position table, in that order.
+_PREFIX_TOKENS = ("cls", "dist_token")
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
@@ -96,33 +99,77 @@ def save_npz(params: Any, path: str) -> None:
         np.savez(f, **flat)
 
 
-def resize_posembed(posembed: np.ndarray, num_prefix_tokens: int,
-                    new_grid: tuple[int, int]) -> np.ndarray:
-    """``[1, prefix + gh*gw, D]`` -> ``[1, prefix + new_h*new_w, D]``.
+def _square_grid(num_positions: int) -> tuple[int, int] | None:
+    side = math.isqrt(num_positions)
+    return (side, side) if side * side == num_positions else None
 
-    The class (and distillation) tokens' embeddings are kept apart and unchanged; the grid is
-    interpolated bilinearly with ``scipy.ndimage.zoom(order=1)``, the interpolation of the
-    official fine-tuning code, so loaded numbers match it.
+
+def resize_posembed(posembed: np.ndarray, num_prefix_tokens: int,
+                    new_grid: tuple[int, int],
+                    old_grid: tuple[int, int] | None = None) -> np.ndarray:
+    """``[1, prefix + old_h*old_w, D]`` -> ``[1, prefix + new_h*new_w, D]``.
+
+    The class (and distillation) tokens' embeddings are kept apart and unchanged; the grid
+    (``old_grid``, by default square as in every official checkpoint) is interpolated
+    bilinearly with ``scipy.ndimage.zoom(order=1)``, the interpolation of the official
+    fine-tuning code, so loaded numbers match it.
     """
     prefix, grid = posembed[:, :num_prefix_tokens], posembed[0, num_prefix_tokens:]
-    old_size = int(round(np.sqrt(len(grid))))
-    if old_size * old_size != len(grid):
-        raise ValueError(f"{_POSEMBED}: {len(grid)} grid positions are not a square grid")
-    grid = grid.reshape(old_size, old_size, -1)
-    zoom = (new_grid[0] / old_size, new_grid[1] / old_size, 1)
+    old_grid = old_grid or _square_grid(len(grid))
+    if old_grid is None or old_grid[0] * old_grid[1] != len(grid):
+        raise ValueError(
+            f"{_POSEMBED}: {len(grid)} grid positions are not a "
+            f"{'square grid' if old_grid is None else f'{old_grid[0]}x{old_grid[1]} grid'}; "
+            "pass the checkpoint's (height, width) grid as checkpoint_grid")
+    grid = grid.reshape(*old_grid, -1)
+    zoom = (new_grid[0] / old_grid[0], new_grid[1] / old_grid[1], 1)
     grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, new_grid[0] * new_grid[1], -1)
     return np.concatenate([prefix, grid.astype(posembed.dtype)], axis=1)
 
 
+def _fitted_posembed(loaded: dict[str, np.ndarray], model: VisionTransformer,
+                     checkpoint_grid: tuple[int, int] | None) -> np.ndarray:
+    """The checkpoint's position table ``[1, prefix + gh*gw, D]`` on ``model``'s grid.
+
+    Resized whenever the checkpoint's grid (``checkpoint_grid``, else square when its number
+    of positions is a square, as in every official checkpoint) differs from the model's, even
+    at an equal number of positions (a 4x4 table read as 2x8 rows would scramble the rows).
+    A non-square count without ``checkpoint_grid`` is taken as the model's own grid when the
+    shapes agree (a table this code saved from the same model).
+    """
+    value = loaded[_POSEMBED]
+    present = [k for k in _PREFIX_TOKENS if k in loaded]
+    if len(present) != model.num_prefix_tokens:
+        raise ValueError(
+            f"checkpoint has {len(present)} class/distillation token(s) {present} before the "
+            f"patches but the model has {model.num_prefix_tokens} (classifier="
+            f"{model.classifier!r}, distillation_token={model.distillation_token}); build the "
+            "model with the checkpoint's classifier")
+    num_positions = value.shape[1] - model.num_prefix_tokens
+    old_grid = checkpoint_grid or _square_grid(num_positions)
+    if old_grid is None and num_positions == model.grid_size[0] * model.grid_size[1]:
+        return value
+    if old_grid is not None and tuple(old_grid) == tuple(model.grid_size):
+        return value
+    resized = resize_posembed(value, model.num_prefix_tokens, model.grid_size, old_grid)
+    logging.info("%s: resized the %s grid to %s: %s -> %s", _POSEMBED, old_grid,
+                 model.grid_size, value.shape, resized.shape)
+    return resized
+
+
 def load_pretrained(path: str, model: VisionTransformer,
-                    image_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+                    image_size: int | tuple[int, int] | None = None,
+                    checkpoint_grid: tuple[int, int] | None = None) -> dict[str, Any]:
     """Parameters for ``model`` from an official-layout ``.npz``.
 
     - The head is kept when its shape matches ``model.num_classes``; otherwise a fresh zero
       head starts (as the official fine-tuning code does).
     - ``pre_logits`` is dropped when ``model.representation_size`` is None.
     - The position-embedding grid is resized when the model's grid (from
-      ``image_size``, default ``model.image_size``) differs from the checkpoint's.
+      ``image_size``, default ``model.image_size``) differs from the checkpoint's
+      (``checkpoint_grid`` ``(height, width)`` in patches; by default square, as in every
+      official checkpoint). A checkpoint with another classifier (class token or not,
+      distillation token or not) is refused with a ``ValueError`` saying so.
     - Missing keys raise ``ValueError`` listing them; so does any shape that disagrees
       (naming key, checkpoint shape and expected shape). Unexpected keys are logged.
 
@@ -139,7 +186,7 @@ def load_pretrained(path: str, model: VisionTransformer,
     loaded = canonical_block_names(unstack_scanned_blocks(loaded))
 
     template_model = model.clone(scan_layers=False)
-    dummy = np.zeros((1, *(_pair(model.image_size)), model.num_channels), np.float32)
+    dummy = np.zeros((1, *(to_pair(model.image_size)), model.num_channels), np.float32)
     shapes = jax.eval_shape(template_model.init, jax.random.key(0), dummy)["params"]
     expected = {k: v for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
@@ -155,13 +202,12 @@ def load_pretrained(path: str, model: VisionTransformer,
                 logging.info("%s: starting a new zero head %s (checkpoint has %s)", key,
                              spec.shape, None if value is None else value.shape)
                 value = np.zeros(spec.shape, np.float32)
-        elif key == _POSEMBED and loaded[key].shape != spec.shape:
+        elif key == _POSEMBED:
             value = loaded[key]
-            if value.shape[-1] != spec.shape[-1]:
+            if value.ndim != 3 or value.shape[-1] != spec.shape[-1]:
                 problems.append(f"{key}: checkpoint {value.shape} vs model {spec.shape}")
                 continue
-            value = resize_posembed(value, model.num_prefix_tokens, model.grid_size)
-            logging.info("%s: resized %s -> %s", key, loaded[key].shape, value.shape)
+            value = _fitted_posembed(loaded, model, checkpoint_grid)
         else:
             value = loaded[key]
         if value.shape != spec.shape:
@@ -182,7 +228,3 @@ def load_pretrained(path: str, model: VisionTransformer,
     if model.scan_layers:
         params = stack_blocks(params, model.num_layers)
     return unflatten_params(params)
-
-
-def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)

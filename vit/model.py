@@ -8,13 +8,14 @@ Parameter names follow google-research/vision_transformer's checkpoints (``embed
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from transformer.layers import check_block_fields
-from transformer.stack import Encoder
+from transformer.stack import Encoder, check_stack_fields
 
 Array = jnp.ndarray
 Dtype = Any
@@ -22,8 +23,16 @@ Dtype = Any
 CLASSIFIERS = ("token", "gap")
 
 
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def to_pair(value: int | tuple[int, int], field: str = "size") -> tuple[int, int]:
+    """``16`` -> ``(16, 16)``; a (height, width) pair is kept; anything else names ``field``."""
+    try:
+        if not hasattr(value, "__len__"):
+            return operator.index(value), operator.index(value)
+        if len(value) == 2:
+            return operator.index(value[0]), operator.index(value[1])
+    except TypeError:
+        pass
+    raise ValueError(f"{field}={value!r} must be an int or a (height, width) pair of ints")
 
 
 class PatchEmbedding(nn.Module):
@@ -112,13 +121,15 @@ class VisionTransformer(nn.Module):
     skip_unread_tokens: bool = True
 
     def __post_init__(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        for field in ("num_classes", "hidden_size", "num_channels"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field}={getattr(self, field)} must be >= 1")
         if self.hidden_size % max(self.num_heads, 1):
             raise ValueError(
                 f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
             )
-        image, patch = _pair(self.image_size), _pair(self.patch_size)
+        image = to_pair(self.image_size, "image_size")
+        patch = to_pair(self.patch_size, "patch_size")
         if min(image) < 1 or min(patch) < 1 or image[0] % patch[0] or image[1] % patch[1]:
             raise ValueError(
                 f"image_size={self.image_size} must be positive and divisible by "
@@ -131,15 +142,21 @@ class VisionTransformer(nn.Module):
         if self.distillation_token and self.classifier != "token":
             raise ValueError("distillation_token=True needs classifier='token'")
         check_block_fields(
-            num_heads=self.num_heads, norm_placement="pre", activation="gelu",
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            num_heads=self.num_heads, mlp_dim=self.mlp_dim, norm_placement="pre",
+            activation="gelu", dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            attention_implementation=self.attention_implementation,
         )
+        check_stack_fields(self.num_layers, self.remat_policy)
+        if self.representation_size is not None and self.representation_size < 1:
+            raise ValueError(f"representation_size={self.representation_size} must be >= 1 "
+                             "or None")
         super().__post_init__()
 
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patches along height and width."""
-        (height, width), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+        (height, width), (ph, pw) = to_pair(self.image_size), to_pair(self.patch_size)
         return height // ph, width // pw
 
     @property
@@ -148,7 +165,7 @@ class VisionTransformer(nn.Module):
         return (self.classifier == "token") + bool(self.distillation_token)
 
     def _check_images(self, images: Array) -> None:
-        expected = (*_pair(self.image_size), self.num_channels)
+        expected = (*to_pair(self.image_size), self.num_channels)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"images must be [batch, height, width, channels] = [batch, {expected[0]}, "
@@ -165,7 +182,7 @@ class VisionTransformer(nn.Module):
         self._check_images(images)
         x = PatchEmbedding(
             self.hidden_size,
-            patch_size=_pair(self.patch_size),
+            patch_size=to_pair(self.patch_size),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="embedding",

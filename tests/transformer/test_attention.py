@@ -178,6 +178,22 @@ def test_cudnn_wrapper_pads_odd_lengths_without_changing_the_result(qkv, mask_na
     np.testing.assert_allclose(out, numpy_attention(*qkv, mask=mask), atol=1e-5)
 
 
+@pytest.mark.parametrize("bias_shape", [(BATCH, HEADS, Q_LEN, KV_LEN), (HEADS, Q_LEN, KV_LEN),
+                                        (Q_LEN, KV_LEN)])
+def test_cudnn_path_takes_every_bias_rank_the_xla_path_takes(qkv, bias_shape, monkeypatch):
+    """A bias broadcastable to [batch, heads, q, kv] with fewer axes (as the docstring allows)
+    reaches the cuDNN wrapper as 4-D, through JAX's XLA implementation of the same call (the
+    kernel needs a GPU), and gives the reference result."""
+    xla_attention = jax.nn.dot_product_attention
+    monkeypatch.setattr(attention_module, "_fused_kernel_supports", lambda query: True)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *args, implementation, **kw:
+                        xla_attention(*args, implementation="xla", **kw))
+    bias = jnp.asarray(np.random.default_rng(3).normal(size=bias_shape), jnp.float32)
+    out = dot_product_attention(*qkv, bias=bias, implementation="cudnn")
+    reference = dot_product_attention(*qkv, bias=bias, implementation="xla")
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+
+
 def _relative_error(actual, expected):
     actual, expected = (np.asarray(x, np.float64) for x in (actual, expected))
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)

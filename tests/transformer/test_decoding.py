@@ -196,3 +196,15 @@ def test_decode_argument_errors(model_and_params):
         decoding.decode(model, params, SOURCE, max_decode_length=4, strategy="sample")
     with pytest.raises(ValueError, match="max_decode_length"):
         decoding.decode(model, params, SOURCE, max_decode_length=0)
+
+
+def test_source_ids_outside_the_vocabulary_fail_before_decoding(model_and_params):
+    # Unchecked, id 12 of a 12-token vocabulary embeds as NaN and greedy decoding emits EOS.
+    model, params = model_and_params
+    bad = SOURCE.at[0, 2].set(12)
+    with pytest.raises(ValueError, match=r"inputs token ids must be in \[0, 12\)"):
+        decoding.decode(model, params, bad, max_decode_length=4)
+    decoder = decoding.make_decoder(model, max_decode_length=MAX_LEN)
+    with pytest.raises(ValueError, match=r"got ids from -1 to 7"):  # the jitted entry checks too
+        decoder(params, SOURCE.at[1, 0].set(-1))
+    np.testing.assert_array_equal(decoder(params, SOURCE), _decode(model, params))

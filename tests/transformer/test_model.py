@@ -151,7 +151,11 @@ def test_shift_right_and_sinusoids():
         (dict(activation="swish"), "activation"),
         (dict(position_embedding="rotary"), "position_embedding"),
         (dict(remat_policy="some"), "remat_policy"),
-        (dict(num_encoder_layers=0), "num_layers"),
+        (dict(num_encoder_layers=0), "num_encoder_layers=0"),
+        (dict(num_decoder_layers=0), "num_decoder_layers=0"),
+        (dict(num_heads=0), "num_heads=0"),
+        (dict(mlp_dim=0), "mlp_dim=0"),
+        (dict(output_vocab_size=1), "output_vocab_size=1"),
         (dict(vocab_size=1), "vocab_size"),
         (dict(share_embeddings=True, output_vocab_size=7), "share_embeddings"),
         (dict(attention_implementation="flash"), "implementation"),
@@ -162,9 +166,41 @@ def test_invalid_configuration_fails_with_value_error(kwargs, field):
     params = dict(vocab_size=12, emb_dim=32, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=1, mlp_dim=32, max_length=16)
     params.update(kwargs)
-    with pytest.raises(ValueError, match=field):
-        model = Transformer(**params)
-        model.init(jax.random.key(0), SOURCE, TARGET)
+    with pytest.raises(ValueError, match=field):  # at construction, before any init
+        Transformer(**params)
+
+
+@pytest.mark.parametrize("bad_id", [12, 99, -1])
+@pytest.mark.parametrize("argument", ["inputs", "targets"])
+def test_token_ids_outside_the_vocabulary_fail_naming_the_argument(bad_id, argument):
+    # nn.Embed would return NaN rows (ids >= vocab) or wrap around (negative ids) silently.
+    model = _tiny()
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    ids = {"inputs": SOURCE, "targets": TARGET}
+    ids[argument] = ids[argument].at[0, 1].set(bad_id)
+    with pytest.raises(ValueError, match=rf"{argument} token ids must be in \[0, 12\) "
+                                         rf"\(vocab_size=12\); got ids from {min(bad_id, 0)} "
+                                         rf"to {max(bad_id, 6)}"):
+        model.apply({"params": params}, ids["inputs"], ids["targets"])
+
+
+def test_target_ids_are_checked_against_the_output_vocabulary():
+    model = _tiny(output_vocab_size=8)
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    model.apply({"params": params}, SOURCE, TARGET.at[0, 0].set(7))  # 7 < 8: fine
+    with pytest.raises(ValueError, match=r"targets token ids must be in \[0, 8\) "
+                                         r"\(output_vocab_size=8\); got ids from 0 to 9"):
+        model.apply({"params": params}, SOURCE, TARGET.at[0, 0].set(9))  # a source id, 9 < 12
+
+
+def test_packed_rows_need_both_segmentations():
+    model = _tiny()
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    segments = {"inputs_segmentation": jnp.ones_like(SOURCE),
+                "targets_segmentation": jnp.ones_like(TARGET)}
+    for given in segments:
+        with pytest.raises(ValueError, match=f"need both.*got only {given}"):
+            model.apply({"params": params}, SOURCE, TARGET, **{given: segments[given]})
 
 
 def test_sequence_longer_than_learned_table_fails():

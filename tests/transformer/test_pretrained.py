@@ -168,6 +168,18 @@ def test_state_dict_with_prefix_and_ignored_entries_loads():
     assert model.apply({"params": params}, ids, jnp.array([[1, 1, 1, 0]])).shape == (1, 4, 8)
 
 
+def test_ids_outside_the_tables_fail_naming_the_argument():
+    model = pretrained.BertEncoder(**TINY)
+    ids = jnp.array([[1, 2, 3, 0]])
+    params = model.init(jax.random.key(0), ids)["params"]
+    with pytest.raises(ValueError, match=r"input_ids token ids must be in \[0, 11\) "
+                                         r"\(vocab_size=11\); got ids from 0 to 11"):
+        model.apply({"params": params}, ids.at[0, 1].set(11))
+    with pytest.raises(ValueError, match=r"token_type_ids token ids must be in \[0, 2\) "
+                                         r"\(type_vocab_size=2\); got ids from 0 to 2"):
+        model.apply({"params": params}, ids, token_type_ids=jnp.array([[0, 1, 2, 0]]))
+
+
 def test_missing_and_renamed_weights_are_named():
     model = pretrained.BertEncoder(**TINY)
     state = _tiny_state_dict(model)

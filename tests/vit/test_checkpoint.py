@@ -7,6 +7,7 @@ import pytest
 
 import vit
 from vit.checkpoint import flatten_params
+from vit.model import to_pair
 
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
 
@@ -17,8 +18,8 @@ def _model(num_classes=10, **overrides):
 
 
 def _random_params(model, seed=0):
-    image = model.image_size if isinstance(model.image_size, int) else model.image_size[0]
-    params = model.init(jax.random.key(seed), jnp.zeros((1, image, image, 3)))["params"]
+    height, width = to_pair(model.image_size)
+    params = model.init(jax.random.key(seed), jnp.zeros((1, height, width, 3)))["params"]
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
 
@@ -104,6 +105,62 @@ def test_resize_interpolates_a_smooth_grid():
     resized = vit.resize_posembed(posembed, 1, (8, 8))[0, 1:, 0].reshape(8, 8)
     assert resized[0, 0] == 0 and resized[-1, -1] == 15
     assert np.all(np.diff(resized, axis=0) >= 0) and np.all(np.diff(resized, axis=1) >= 0)
+
+
+def _posembed(params):
+    return np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])
+
+
+def test_square_grid_is_resized_to_another_grid_of_as_many_positions(tmp_path):
+    # A 4x4 table loaded into a 2x8 grid has the same shape, but copied as is its rows would
+    # be read in the wrong places; it must be interpolated like any other change of grid.
+    params = _random_params(_model())
+    path = _save(params, tmp_path)
+    wide = _model(image_size=(8, 32))
+    assert wide.grid_size == (2, 8)
+    loaded = _posembed(vit.load_pretrained(path, wide))
+    expected = vit.resize_posembed(_posembed(params), 1, (2, 8))
+    np.testing.assert_allclose(loaded, expected, rtol=1e-6)
+    assert not np.allclose(loaded, _posembed(params))
+
+
+def test_non_square_checkpoint_grid(tmp_path):
+    # A table saved from a 2x8 model: by default its 16 positions read as the official square
+    # grid; checkpoint_grid says what it is, and an equal grid is then copied exactly.
+    wide = _model(image_size=(8, 32))
+    params = _random_params(wide)
+    path = _save(params, tmp_path)
+    exact = vit.load_pretrained(path, wide, checkpoint_grid=(2, 8))
+    np.testing.assert_array_equal(_posembed(exact), _posembed(params))
+    tall = _model(image_size=(32, 8))
+    to_tall = _posembed(vit.load_pretrained(path, tall, checkpoint_grid=(2, 8)))
+    np.testing.assert_allclose(
+        to_tall, vit.resize_posembed(_posembed(params), 1, (8, 2), old_grid=(2, 8)), rtol=1e-6)
+    # A non-square count is the model's own grid when the shapes agree.
+    narrow = _model(image_size=(8, 24))
+    narrow_params = _random_params(narrow)
+    same = vit.load_pretrained(_save(narrow_params, tmp_path, "narrow.npz"), narrow)
+    np.testing.assert_array_equal(_posembed(same), _posembed(narrow_params))
+    with pytest.raises(ValueError, match="12 grid positions are not a square grid.*"
+                                         "checkpoint_grid"):
+        vit.load_pretrained(str(tmp_path / "narrow.npz"), _model())
+
+
+def test_resize_of_a_non_square_grid_keeps_the_corners():
+    grid = np.arange(2 * 8, dtype=np.float32).reshape(1, 16, 1)
+    resized = vit.resize_posembed(grid, 0, (4, 16), old_grid=(2, 8))[0, :, 0].reshape(4, 16)
+    assert resized[0, 0] == 0 and resized[0, -1] == 7 and resized[-1, -1] == 15
+    with pytest.raises(ValueError, match="16 grid positions are not a 3x5 grid"):
+        vit.resize_posembed(grid, 0, (4, 4), old_grid=(3, 5))
+
+
+def test_checkpoint_of_another_classifier_is_refused(tmp_path):
+    token = _save(_random_params(_model()), tmp_path, "token.npz")
+    with pytest.raises(ValueError, match=r"1 class/distillation token\(s\) \['cls'\].*"
+                                         r"model has 0 \(classifier='gap'"):
+        vit.load_pretrained(token, _model(classifier="gap"))
+    with pytest.raises(ValueError, match=r"missing 1 parameter\(s\) the model needs: \['cls'\]"):
+        vit.load_pretrained(_save(_random_params(_model(classifier="gap")), tmp_path), _model())
 
 
 @pytest.mark.slow

@@ -16,6 +16,18 @@ import vit
     (dict(classifier="mean"), "classifier='mean'"),
     (dict(dropout_rate=1.0), "dropout_rate=1.0"),
     (dict(distillation_token=True, classifier="gap"), "distillation_token"),
+    (dict(num_layers=0), "num_layers=0 must be >= 1"),
+    (dict(num_heads=0), "num_heads=0 must be >= 1"),
+    (dict(mlp_dim=0), "mlp_dim=0 must be >= 1"),
+    (dict(hidden_size=0), "hidden_size=0 must be >= 1"),
+    (dict(num_channels=0), "num_channels=0 must be >= 1"),
+    (dict(representation_size=0), "representation_size=0 must be >= 1"),
+    (dict(remat_policy="some"), "remat_policy='some' is not supported"),
+    (dict(attention_implementation="flash"), "attention_implementation='flash' is not "
+                                             "supported"),
+    (dict(patch_size=(4, 4, 4)), "patch_size=(4, 4, 4) must be an int or a (height, width) "
+                                 "pair"),
+    (dict(image_size=224.0), "image_size=224.0 must be an int or a (height, width) pair"),
 ])
 def test_construction_errors(overrides, field):
     kwargs = {"num_classes": 10, **overrides}
