@@ -31,6 +31,41 @@ def validate(config: Any) -> None:
         raise ValueError(
             f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
             f"{config.num_train_steps}] or None")
+    _validate_optimizer(config)
+    _validate_mixup(config.get("mixup"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_optimizer(config: Any) -> None:
+    accum_steps = config.optimizer.get("accum_steps", 1)
+    if not isinstance(accum_steps, int) or isinstance(accum_steps, bool) or accum_steps < 1:
+        raise ValueError(f"config.optimizer.accum_steps={accum_steps!r} must be an integer >= 1 "
+                         "(1: no gradient accumulation)")
+    # The device count is not known here; train.py also checks the split over devices.
+    if config.batch_size % accum_steps:
+        raise ValueError(
+            f"config.optimizer.accum_steps={accum_steps} must divide config.batch_size="
+            f"{config.batch_size} (the batch is split into accum_steps equal micro-batches)")
+    weight_decay = config.optimizer.get("weight_decay", 0.0)
+    if not _is_number(weight_decay) or weight_decay < 0:
+        raise ValueError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
+
+
+def _validate_mixup(mixup: Any) -> None:
+    """Mixup/cutmix run under jit: a negative alpha draws a NaN mixing weight (and NaN
+    targets) rather than raising, and switch_prob is compared with a uniform draw."""
+    if mixup is None:
+        return
+    for name in ("mixup_alpha", "cutmix_alpha"):
+        alpha = mixup.get(name, 0.0)
+        if not _is_number(alpha) or alpha < 0:
+            raise ValueError(f"config.mixup.{name}={alpha!r} must be a number >= 0 (0: off)")
+    switch_prob = mixup.get("switch_prob", 0.5)
+    if not _is_number(switch_prob) or not 0.0 <= switch_prob <= 1.0:
+        raise ValueError(f"config.mixup.switch_prob={switch_prob!r} must be in [0, 1]")
 
 
 def backend_warnings(config: Any, backend: str) -> list[str]:

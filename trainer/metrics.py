@@ -105,6 +105,27 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def improve_best_eval(best: dict[str, float], evaluation: dict[str, float]) -> None:
+    """Updates ``best`` in place with ``evaluation``: the lowest value of each metric whose
+    name ends in ``loss``, the highest of every other one."""
+    for key, value in evaluation.items():
+        better = min if key.endswith("loss") else max
+        best[key] = better(best.get(key, value), value)
+
+
+def eval_history(workdir: str, last_step: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``(last_eval, best_eval)`` of the ``eval/`` metrics logged up to ``last_step``, so a
+    resumed run's summary is that of the uninterrupted run. Both are empty for a fresh run."""
+    last: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for record in read_metrics(workdir):
+        evaluation = {k: v for k, v in record.items() if k.startswith("eval/")}
+        if record["step"] <= last_step and evaluation:
+            last = evaluation
+            improve_best_eval(best, evaluation)
+    return last, best
+
+
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """Drop records after ``last_step``: a resumed run redoes those steps and logs them again,
     so no step appears twice."""

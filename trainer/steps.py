@@ -58,7 +58,16 @@ def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int):
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     accum_steps: int = 1):
-    """``(state, batch, frozen) -> (state, metrics)``; metrics are float32 scalars."""
+    """``(state, batch, frozen) -> (state, metrics)``; metrics are float32 scalars.
+
+    With ``accum_steps > 1`` the batch is split into micro-batches whose losses, metrics and
+    gradients are averaged with the weights ``task.loss_weight`` (the number of examples or
+    tokens each micro-batch's mean is over), so the update equals the one-batch update.
+
+    ``metrics["nonfinite_params"]`` counts the NaN/Inf entries of the *updated* parameters:
+    the loss only describes the parameters before the update, and the loop must not
+    checkpoint parameters that an overflowing update has broken.
+    """
 
     def loss_and_grads(params, batch, rng, frozen):
         return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, frozen)
@@ -69,12 +78,17 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
             (loss, extra), grads = loss_and_grads(state.params, batch, rng, frozen)
         else:
             micro_batches = _split_micro_batches(batch, accum_steps)
+            # [accum_steps] scale factors with mean 1: equal weights give exactly 1.0, so the
+            # default (same-size micro-batches) stays the plain mean of the micro-batches.
+            weights = jax.vmap(task.loss_weight)(micro_batches).astype(jnp.float32)
+            scales = weights * accum_steps / jnp.maximum(jnp.sum(weights), 1e-12)
 
             def accumulate(carry, inputs):
-                index, micro = inputs
+                index, micro, scale = inputs
                 (loss, extra), grads = loss_and_grads(
                     state.params, micro, jax.random.fold_in(rng, index), frozen)
-                return jax.tree.map(jnp.add, carry, (loss, extra, grads)), None
+                scaled = jax.tree.map(lambda x: x * scale.astype(x.dtype), (loss, extra, grads))
+                return jax.tree.map(jnp.add, carry, scaled), None
 
             zeros = jax.tree.map(
                 jnp.zeros_like,
@@ -83,14 +97,17 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
             )
             zeros = (zeros[0][0], zeros[0][1], zeros[1])
             (loss, extra, grads), _ = jax.lax.scan(
-                accumulate, zeros, (jnp.arange(accum_steps), micro_batches))
+                accumulate, zeros, (jnp.arange(accum_steps), micro_batches, scales))
             loss, extra, grads = jax.tree.map(lambda x: x / accum_steps, (loss, extra, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # optax's NaN/Inf count of an update tree, applied to the new parameters themselves.
+        _, not_finite = optax.transforms.skip_not_finite(params, state.step, None)
         metrics = {
             "loss": loss,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "grad_norm": optax.tree.norm(grads),
+            "nonfinite_params": not_finite["num_not_finite"],
             **extra,
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -19,7 +19,7 @@ from absl import logging
 from flax import traverse_util
 
 from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
-from trainer.metrics import MetricWriter, truncate_metrics
+from trainer.metrics import MetricWriter, eval_history, improve_best_eval, truncate_metrics
 from trainer.optimizers import make_optimizer
 from trainer.steps import init_state, make_eval_step, make_train_step
 from trainer.tasks import create_task
@@ -27,7 +27,7 @@ from trainer.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf."""
+    """The training loss or the updated parameters became NaN or Inf."""
 
 
 class _PreemptionFlag:
@@ -67,20 +67,30 @@ def count_params(params: Any) -> int:
 
 
 def _host_scalars(metric_list: list[dict[str, jax.Array]], first_step: int) -> dict[str, float]:
-    """The metrics of the newest step; raises on the first non-finite loss among all steps.
+    """The metrics of the newest step; raises on the first non-finite loss or parameters.
 
+    ``metric_list[i]`` holds the metrics of step ``first_step + i + 1``: the loss of the
+    parameters before that step's update and the count of non-finite updated parameters
+    (``trainer.steps``). Checking both before a save means a checkpoint never holds the
+    parameters of an update that overflowed, even when the loss that preceded it was finite.
     Logged values are those of the logged step, not averages over the interval, so a
     resumed run logs exactly what an uninterrupted one does.
     """
     values = jax.device_get(metric_list)
+    advice = ("stopping (the last good checkpoint is kept). Lower the learning rate, enable "
+              "grad_clip_norm, or check the data.")
     for offset, metrics in enumerate(values):
+        step = first_step + offset + 1
         if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(f"training loss is {metrics['loss']} at step {step}; "
+                                     + advice)
+        if metrics["nonfinite_params"]:
             raise NonFiniteLossError(
-                f"training loss is {metrics['loss']} at step {first_step + offset + 1}; "
-                "stopping (the last good checkpoint is kept). Lower the learning rate, enable "
-                "grad_clip_norm, or check the data."
-            )
-    return {f"train/{k}": float(v) for k, v in values[-1].items()}
+                f"the parameters after the update of step {step} hold "
+                f"{int(metrics['nonfinite_params'])} NaN/Inf values (the loss before the update "
+                f"was {metrics['loss']:.4g}); " + advice)
+    # Zero whenever a step is logged; the check above is its only use.
+    return {f"train/{k}": float(v) for k, v in values[-1].items() if k != "nonfinite_params"}
 
 
 def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count) -> dict:
@@ -117,9 +127,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     partitioning.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     accum_steps = int(config.optimizer.get("accum_steps", 1))
     if config.batch_size % (accum_steps * mesh.devices.size):
+        # validate() checked accum_steps alone; each micro-batch must also split over the
+        # devices, as trainer.steps takes every device's micro-batch rows from its own shard.
         raise ValueError(
-            f"batch_size={config.batch_size} must divide into optimizer.accum_steps="
-            f"{accum_steps} micro-batches that each split over {mesh.devices.size} devices")
+            f"config.batch_size={config.batch_size} must be a multiple of "
+            f"config.optimizer.accum_steps={accum_steps} × {mesh.devices.size} devices "
+            f"= {accum_steps * mesh.devices.size}: the micro-batches each split over the devices")
 
     for warning in config_validation.backend_warnings(config, jax.default_backend()):
         logging.warning(warning)
@@ -154,6 +167,10 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         state, _ = restored
         start_step = int(jax.device_get(state.step))
         truncate_metrics(workdir, start_step)
+        finished_summary = _finished_summary(workdir, start_step, total_steps)
+        if finished_summary is not None:
+            checkpointer.close()
+            return finished_summary
 
     frozen = jax.device_put(frozen, replicated)
     train_step = jax.jit(
@@ -181,8 +198,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     meta = {"params_fingerprint": fingerprint, "task": config.task}
     stop_after = config.get("stop_after_step")
-    best_eval: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
+    # A resumed run's summary covers the evaluations before the restart too.
+    last_eval, best_eval = eval_history(workdir, start_step)
     pending: list[dict[str, jax.Array]] = []
     pending_first_step = start_step
     run_start = time.time()
@@ -237,12 +254,10 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                         last_eval.update({f"eval/{k}": v for k, v in task.generation_metrics(
                             state.params, frozen, mesh, process_index, process_count).items()})
                         scalars.update(last_eval)
-                        for key, value in last_eval.items():
-                            better = min if key.endswith("loss") else max
-                            best_eval[key] = better(best_eval.get(key, value), value)
+                        improve_best_eval(best_eval, last_eval)
                     writer.write(step, scalars)
                 if save_now or preempted:
-                    if pending:  # never checkpoint a NaN
+                    if pending:  # never checkpoint a NaN loss or NaN/Inf parameters
                         _host_scalars(pending, pending_first_step)
                     save(step)
                 if preempted:
@@ -261,16 +276,43 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "step": step,
         "num_params": num_params,
         "wall_time_sec": wall_time,
-        "examples_per_sec": steps_done * config.batch_size / max(wall_time, 1e-9),
+        # Of this invocation; None when it trained nothing (a finished run's summary rebuilt).
+        "examples_per_sec": (steps_done * config.batch_size / max(wall_time, 1e-9)
+                             if steps_done else None),
         "final_eval": last_eval,
         "best_eval": best_eval,
     }
     if report is not None:
         summary["report"] = report
     if process_index == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        # Written whole or not at all: a rerun trusts a summary.json of the final step.
+        path = os.path.join(workdir, "summary.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)
         writer.text("summary: " + json.dumps(summary, indent=2))
+    return summary
+
+
+def _finished_summary(workdir: str, start_step: int,
+                      total_steps: int) -> dict[str, Any] | None:
+    """The summary of a run that already finished in ``workdir``, or None.
+
+    Re-running a finished run (a requeued job, a repeated command) trains nothing; writing
+    its summary and reports again would replace them with those of an empty run. When the
+    summary of the final step is missing (the run died after its last checkpoint), None lets
+    the caller write it again from the checkpoint and ``metrics.jsonl``.
+    """
+    path = os.path.join(workdir, "summary.json")
+    if start_step != total_steps or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    if summary.get("step") != total_steps:  # left by an earlier stop (stop_after_step, SIGTERM)
+        return None
+    logging.warning("the run in %s is already complete (checkpoint at step %d = "
+                    "num_train_steps); its summary.json and reports are left as they are",
+                    workdir, start_step)
     return summary
 
 

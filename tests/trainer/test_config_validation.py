@@ -15,13 +15,34 @@ def test_the_demo_config_passes():
     ("log_every_steps", True, "config.log_every_steps=True must be a positive integer"),
     ("label_smoothing", 1.0, "config.label_smoothing=1.0 must be in [0, 1)"),
     ("stop_after_step", 10**9, "config.stop_after_step=1000000000 must be in [1, num_train_steps="),
+    ("optimizer.accum_steps", 0, "config.optimizer.accum_steps=0 must be an integer >= 1"),
+    ("optimizer.accum_steps", -1, "config.optimizer.accum_steps=-1 must be an integer >= 1"),
+    ("optimizer.accum_steps", 3,
+     "config.optimizer.accum_steps=3 must divide config.batch_size=128"),
+    ("optimizer.weight_decay", -0.1, "config.optimizer.weight_decay=-0.1 must be a number >= 0"),
+    ("mixup.mixup_alpha", -1.0, "config.mixup.mixup_alpha=-1.0 must be a number >= 0"),
+    ("mixup.cutmix_alpha", -0.5, "config.mixup.cutmix_alpha=-0.5 must be a number >= 0"),
+    ("mixup.switch_prob", 1.5, "config.mixup.switch_prob=1.5 must be in [0, 1]"),
+    ("mixup.switch_prob", -0.1, "config.mixup.switch_prob=-0.1 must be in [0, 1]"),
 ])
 def test_a_bad_field_is_named_with_its_value(field, value, message):
     config = vit_digits.get_config()
-    config[field] = value
+    *parents, name = field.split(".")
+    section = config
+    for parent in parents:
+        section = section[parent]
+    section[name] = value
     with pytest.raises(ValueError) as error:
         config_validation.validate(config)
     assert message in str(error.value)
+
+
+def test_accumulation_that_divides_the_batch_and_no_mixup_pass():
+    config = vit_digits.get_config()
+    config.optimizer.accum_steps = 8  # batch_size 128
+    config.mixup.mixup_alpha = 0.0
+    config.mixup.switch_prob = 1.0
+    config_validation.validate(config)
 
 
 def test_a_missing_field_and_a_bad_learning_rate_are_named():

@@ -1,5 +1,7 @@
 """Checkpoints: exact resumption, model mismatch, NaN stop, pretrained initialisation."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from tests.trainer.tiny import tiny_digits_config, tiny_seq2seq_config
 from trainer.checkpointing import CheckpointMismatchError, restore_params
 from trainer.metrics import read_metrics
+from trainer.tasks.classification import ClassificationTask
 from trainer.train import NonFiniteLossError, train_and_evaluate
 
 # Out of the quick subset: every test here trains through the launcher's loop.
@@ -66,6 +69,83 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digit
     params = restore_params(workdir)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     assert max(r["step"] for r in read_metrics(workdir)) < bad_step
+
+
+@pytest.mark.parametrize("schedule, bad_step", [("constant", 1), ("warmup_cosine", 2)])
+def test_parameters_of_an_overflowing_update_are_never_checkpointed(tmp_path, digits_data_dir,
+                                                                    schedule, bad_step):
+    """The update of ``bad_step`` overflows while its loss (computed before the update) is
+    finite. With warmup the first step's learning rate is 0, so checkpoint 1 is good and kept."""
+    workdir = str(tmp_path / "run")
+    config = tiny_digits_config(
+        digits_data_dir, num_train_steps=6, checkpoint_every_steps=1,
+        **{"optimizer.learning_rate": 1e38, "optimizer.grad_clip_norm": 0.0,
+           "optimizer.name": "sgd", "optimizer.momentum": 0.0, "optimizer.weight_decay": 100.0,
+           "schedule.name": schedule, "schedule.warmup_steps": 2})
+    with pytest.raises(NonFiniteLossError) as error:
+        train_and_evaluate(config, workdir)
+    saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if name.isdigit())
+    for step in saved:
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restore_params(workdir, step)))
+    assert saved == list(range(1, bad_step))
+    assert f"parameters after the update of step {bad_step} hold" in str(error.value)
+
+
+def _summary_evals(summary):
+    return {key: summary[key] for key in ("step", "final_eval", "best_eval")}
+
+
+def test_resumed_run_summary_covers_evaluations_before_the_restart(tmp_path, digits_data_dir):
+    overrides = {"optimizer.learning_rate": 1.0, "optimizer.name": "adam",
+                 "schedule.name": "constant", "eval_every_steps": 1}
+    straight = train_and_evaluate(tiny_digits_config(digits_data_dir, **overrides),
+                                  str(tmp_path / "straight"))
+    # The best of the evaluations after the restart at step 3 alone must differ, else the
+    # test could not tell a summary that forgets the earlier ones.
+    best_after_restart = {}
+    for record in read_metrics(str(tmp_path / "straight")):
+        if record["step"] > 3 and "eval/loss" in record:
+            for key in straight["best_eval"]:
+                better = min if key.endswith("loss") else max
+                best_after_restart[key] = better(best_after_restart.get(key, record[key]),
+                                                 record[key])
+    assert best_after_restart != straight["best_eval"]
+
+    resumed = str(tmp_path / "resumed")
+    train_and_evaluate(tiny_digits_config(digits_data_dir, stop_after_step=3, **overrides),
+                       resumed)
+    summary = train_and_evaluate(tiny_digits_config(digits_data_dir, **overrides), resumed)
+    assert _summary_evals(summary) == _summary_evals(straight)
+
+
+def test_rerunning_a_finished_run_leaves_its_files_as_they_are(tmp_path, digits_data_dir,
+                                                               monkeypatch):
+    workdir = str(tmp_path / "run")
+    config = tiny_digits_config(digits_data_dir, num_train_steps=3)
+    first = train_and_evaluate(config, workdir)
+    assert first["final_eval"]
+
+    def read(name):
+        with open(os.path.join(workdir, name)) as f:
+            return f.read()
+
+    before = {name: read(name) for name in ("summary.json", "metrics.jsonl")}
+    tensorboard = sorted(os.listdir(os.path.join(workdir, "tensorboard")))
+    # A distillation task's compression report is written here; it must not be redone.
+    ended = []
+    monkeypatch.setattr(ClassificationTask, "on_train_end",
+                        lambda self, *args: ended.append(args) or None)
+    assert train_and_evaluate(config, workdir) == first
+    assert {name: read(name) for name in before} == before
+    assert sorted(os.listdir(os.path.join(workdir, "tensorboard"))) == tensorboard
+    assert ended == []
+
+    # A run that died after its last checkpoint, before its summary: the summary is rebuilt.
+    os.remove(os.path.join(workdir, "summary.json"))
+    rebuilt = train_and_evaluate(config, workdir)
+    assert _summary_evals(rebuilt) == _summary_evals(first)
+    assert len(ended) == 1 and ended[0][-1] == first["final_eval"]
 
 
 def test_second_run_on_a_busy_workdir_is_refused(tmp_path, digits_data_dir):

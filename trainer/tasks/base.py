@@ -95,6 +95,16 @@ class Task:
         """Scalar training loss (mean over the batch) and extra scalar metrics."""
         raise NotImplementedError
 
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """How many items ``loss``'s mean over ``batch`` is taken over, a float32 scalar.
+
+        Gradient accumulation weighs each micro-batch's loss, metrics and gradients by it, so
+        that the accumulated step equals the step on the whole batch. The default, the
+        number of examples, fits losses that are means over examples; a task whose loss is a
+        mean over something else (non-padding tokens) returns that count.
+        """
+        return jnp.asarray(self.example_count(batch), jnp.float32)
+
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         """Per-metric ``[2]`` arrays ``(sum over real examples, number of them)``."""
         raise NotImplementedError

@@ -147,14 +147,20 @@ class Seq2SeqTask(Task):
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
              frozen: Any) -> tuple[jax.Array, Metrics]:
+        """Mean label-smoothed cross-entropy over the non-padding target tokens."""
         logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
                                   train=True, rngs={"dropout": rng}, **_packing(batch))
         weights = (batch["targets"] > 0).astype(jnp.float32)
         losses = self._token_losses(logits, batch["targets"],
                                     self.config.get("label_smoothing", 0.0))
-        loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        tokens = jnp.maximum(self.loss_weight(batch), 1.0)
+        loss = jnp.sum(losses * weights) / tokens
         correct = (jnp.argmax(logits, -1) == batch["targets"]) * weights
-        return loss, {"token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1.0)}
+        return loss, {"token_accuracy": jnp.sum(correct) / tokens}
+
+    def loss_weight(self, batch: Batch) -> jax.Array:
+        """The number of non-padding target tokens (what ``loss`` averages over)."""
+        return jnp.sum(batch["targets"] > 0).astype(jnp.float32)
 
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         targets = batch["targets"]
