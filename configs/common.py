@@ -2,9 +2,11 @@
 
 Each experiment file starts from ``base_config()`` and sets what differs. Field meanings:
 
-- ``task``: ``classification``, ``seq2seq`` or ``distillation``.
+- ``task``: ``classification``, ``seq2seq``, ``distillation`` or ``sentence_distillation``
+  (the names registered with ``trainer.tasks.base.register_task``).
 - ``model``: the model name and field overrides (``trainer.tasks`` builds it).
-- ``dataset``: ``name`` (TFDS name, ``digits`` or ``synthetic/<task>``), ``data_dir``,
+- ``dataset``: ``name`` (TFDS name, ``digits``, ``synthetic/<task>`` or ``stdlib_docstrings``;
+  ``input_pipeline.datasets.get_source``), ``data_dir``,
   ``train_split``, ``eval_split``, ``source_kwargs``.
 - ``batch_size`` / ``eval_batch_size``: global, over all devices and hosts.
 - ``mesh_shape``: sizes of the ``data`` and ``fsdp`` mesh axes (-1: the rest).

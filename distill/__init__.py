@@ -1,4 +1,6 @@
-"""Knowledge-distillation objectives (imports transformer, vit)."""
+"""Knowledge-distillation objectives: pure functions of logits, hidden states and attention
+maps, and the learned feature projection (imports only jax, optax and flax; the
+teacher/student training step is ``trainer/tasks/distillation.py``)."""
 
 from distill.losses import (
     DISTILLATION_TYPES,

@@ -1,6 +1,7 @@
 """The distillation task through the launcher, on tiny models."""
 
 import json
+import logging
 import os
 
 import jax
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.slow
 TEACHER = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, dropout_rate=0.0,
                classifier="gap")
 TEACHER_FLAGS = tuple(f"--config.distill.teacher_model.{k}={v}" for k, v in TEACHER.items())
+# Float32 forward passes in another order than the step's: agreement to this relative
+# tolerance; a wrong layer map or token selection must move a loss by 10x more.
+RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,45 @@ def test_unlabelled_split_needs_a_teacher_and_another_split(digits_data_dir, tea
         _transfer_task(teacher_workdir, digits_data_dir, unlabelled="train[:10%]")
 
 
+@pytest.mark.parametrize("method, field, value, message", [
+    ("soft", "reduction", "none",
+     r"config\.distill\.reduction='none' is not supported; expected one of "
+     r"\('batchmean', 'mean'\)"),
+    ("deit_token", "token_type", "soft_",
+     r"config\.distill\.token_type='soft_' is not supported; expected one of "
+     r"\('hard', 'soft', 'none'\)"),
+    ("deit_token", "token_type", None,
+     r"config\.distill\.token_type is missing; method='deit_token' needs it")],
+    ids=["reduction_none", "token_type_unknown", "token_type_missing"])
+def test_logit_loss_options_are_checked_when_the_task_is_built(method, field, value, message):
+    """Both fields are read only when the loss is traced: without the check, reduction='none'
+    fails inside jax.grad (a non-scalar loss) and a missing token_type as an AttributeError."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config(method)
+    if value is None:
+        del config.distill[field]
+    else:
+        config.distill[field] = value
+    with pytest.raises(ValueError, match=message):
+        create_task(config)
+
+
+def test_hard_distillation_logs_that_it_ignores_alpha(caplog):
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("hard")
+    with caplog.at_level(logging.WARNING):
+        create_task(config)  # alpha=0.5: DeiT's own weights, nothing to say
+    assert "ignored" not in caplog.text
+    config.distill.alpha = 0.9
+    with caplog.at_level(logging.WARNING):
+        create_task(config)
+    assert "config.distill.alpha=0.9 is ignored by method='hard'" in caplog.text
+
+
 def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path, digits_data_dir):
     result = run_launcher("configs/distill_digits.py:soft", str(tmp_path / "s"), *STEP_FLAGS,
                           f"--config.distill.teacher_checkpoint={tmp_path / 'nowhere'}",
@@ -150,6 +193,52 @@ def _feature_task(teacher_workdir, digits_data_dir, **student):
     return create_task(config)
 
 
+def _separate_blocks(model, params, images):
+    """``(hidden [batch, tokens, width], attention [batch, heads, tokens, tokens])`` of every
+    block, as numpy, from a forward pass of its own (not the training step's)."""
+    _, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
+    inner = state["intermediates"]["Transformer"]
+    return [(np.asarray(inner[f"encoderblock_{i}"]["hidden_state"][0]),
+             np.asarray(inner[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
+                        ["attention_weights"][0])) for i in range(model.num_layers)]
+
+
+def _untrained_feature_task(method, teacher, **student):
+    """A task with feature and attention distillation on (weights 1, mixup off), its
+    parameters, a random batch and a randomly initialised teacher: the checks compare block
+    outputs, for which an untrained teacher is as good as a trained one."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config(method)
+    for key, value in {**TEACHER, **teacher}.items():
+        config.distill.teacher_model[key] = value
+    for key, value in student.items():
+        config.model[key] = value
+    config.distill.feature_weight = 1.0
+    config.distill.attention_weight = 1.0
+    config.mixup.mixup_alpha = 0.0
+    task = create_task(config)
+    batch = task.dummy_batch(4)
+    batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(
+        np.float32)
+    batch["label"] = np.arange(4, dtype=np.int32)
+    params = task.init_params(jax.random.key(0), batch)
+    frozen = {"teacher": task.teacher.init(jax.random.key(1), batch["image"][:1])["params"]}
+    return task, params, frozen, batch
+
+
+def _patch_maps(weights, prefix):
+    """``[batch, heads, patches, patches]``: the prefix tokens' rows and columns dropped, the
+    rows renormalised (float64, numpy; independent of the task's ``patch_attention``)."""
+    maps = np.asarray(weights, np.float64)[:, :, prefix:, prefix:]
+    return maps / maps.sum(-1, keepdims=True)
+
+
+def _attention_kl(teacher_maps, student_maps):
+    return np.mean(np.sum(teacher_maps * (np.log(teacher_maps) - np.log(student_maps)), -1))
+
+
 def test_feature_and_attention_terms_match_separate_forward_passes(digits_data_dir,
                                                                     teacher_workdir):
     """A student of another width (projection) and head count (head-averaged maps): the terms
@@ -170,16 +259,8 @@ def test_feature_and_attention_terms_match_separate_forward_passes(digits_data_d
     task.config.mixup.mixup_alpha = 0.0
     loss, metrics = task.loss(params, batch, jax.random.key(1), frozen)
 
-    def blocks(model, model_params, layers):
-        _, state = model.apply({"params": model_params}, batch["image"], train=False,
-                               mutable=["intermediates"])
-        inner = state["intermediates"]["Transformer"]
-        return [(inner[f"encoderblock_{i}"]["hidden_state"][0],
-                 inner[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
-                 ["attention_weights"][0]) for i in range(layers)]
-
-    student = blocks(task.model, student_only(params), 1)
-    teacher = blocks(task.teacher, frozen["teacher"], 2)
+    student = _separate_blocks(task.model, student_only(params), batch["image"])
+    teacher = _separate_blocks(task.teacher, frozen["teacher"], batch["image"])
     projected = task.projection.apply({"params": params[PROJECTION]}, student[0][0])
     # One student block maps to the teacher's last block.
     expected_feature = np.mean((np.asarray(projected) - np.asarray(teacher[1][0])) ** 2)
@@ -198,6 +279,73 @@ def test_feature_and_attention_terms_match_separate_forward_passes(digits_data_d
     assert np.any(grads[0][PROJECTION]["projection"]["kernel"] != 0)
     assert np.any(grads[0]["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"]
                   != 0)
+
+
+def test_two_student_blocks_learn_from_teacher_blocks_1_and_3_of_4():
+    """TinyBERT's uniform map for L_s=2, L_t=4 is [1, 3], and MiniLM's attention term pairs
+    the last blocks (1 and 3). The alternatives a broken map would give (the teacher's last
+    block for every student block, the first blocks, ...) are shown to give other values."""
+    from trainer.tasks.distillation import PROJECTION, student_only
+
+    task, params, frozen, batch = _untrained_feature_task(
+        "soft", dict(num_layers=4), hidden_size=16, num_heads=2, mlp_dim=32, num_layers=2)
+    _, metrics = task.loss(params, batch, jax.random.key(2), frozen)
+    student = _separate_blocks(task.model, student_only(params), batch["image"])
+    teacher = _separate_blocks(task.teacher, frozen["teacher"], batch["image"])
+    assert len(student) == 2 and len(teacher) == 4
+
+    def feature_loss(teacher_blocks):
+        return np.mean([np.mean((np.asarray(task.projection.apply(
+            {"params": params[PROJECTION]}, student[i][0])) - teacher[t][0]) ** 2)
+            for i, t in enumerate(teacher_blocks)])
+
+    expected = feature_loss([1, 3])
+    np.testing.assert_allclose(metrics["feature_loss"], expected, rtol=RTOL)
+    for wrong in ([3, 3], [1, 1], [0, 1], [0, 2], [2, 3], [3, 1]):
+        assert abs(feature_loss(wrong) - expected) > 10 * RTOL * expected, wrong
+
+    def attention_loss(student_block, teacher_block):  # 2 heads each: compared per head
+        return _attention_kl(_patch_maps(teacher[teacher_block][1], 0),
+                             _patch_maps(student[student_block][1], 0))
+
+    expected = attention_loss(1, 3)
+    np.testing.assert_allclose(metrics["attention_loss"], expected, rtol=RTOL)
+    for wrong in ((0, 3), (1, 1), (1, 2), (0, 0)):
+        assert abs(attention_loss(*wrong) - expected) > 10 * RTOL * expected, wrong
+
+
+def test_deit_token_student_and_class_token_teacher_compare_patch_tokens_only():
+    """The student has two leading tokens (class, distillation), the teacher one (class): both
+    terms drop them and renormalise the attention rows over the patches. Keeping any prefix
+    token makes the shapes differ (an error); dropping the wrong tokens or skipping the
+    renormalisation changes the values by more than the tolerance, as checked here."""
+    from trainer.tasks.distillation import student_only
+
+    task, params, frozen, batch = _untrained_feature_task(
+        "deit_token", dict(classifier="token"))
+    assert (task.model.num_prefix_tokens, task.teacher.num_prefix_tokens) == (2, 1)
+    assert task.projection is None  # same width: the hidden states are compared as they are
+    _, metrics = task.loss(params, batch, jax.random.key(2), frozen)
+    student = _separate_blocks(task.model, student_only(params), batch["image"])
+    teacher = _separate_blocks(task.teacher, frozen["teacher"], batch["image"])
+    patches = int(np.prod(task.model.grid_size))
+    assert student[0][0].shape[1] == patches + 2 and teacher[1][0].shape[1] == patches + 1
+
+    # One student block maps to the teacher's last block (⌈1·2/1⌉ − 1 = 1).
+    expected_feature = np.mean((student[0][0][:, 2:] - teacher[1][0][:, 1:]) ** 2)
+    np.testing.assert_allclose(metrics["feature_loss"], expected_feature, rtol=RTOL)
+    wrong_tokens = np.mean((student[0][0][:, :-2] - teacher[1][0][:, :-1]) ** 2)
+    assert abs(wrong_tokens - expected_feature) > 10 * RTOL * expected_feature
+
+    s_maps, t_maps = _patch_maps(student[0][1], 2), _patch_maps(teacher[1][1], 1)
+    expected_attention = _attention_kl(t_maps, s_maps)
+    np.testing.assert_allclose(metrics["attention_loss"], expected_attention, rtol=RTOL)
+    # The prefix tokens take a real share of the rows, so renormalising matters.
+    s_raw = np.asarray(student[0][1], np.float64)[:, :, 2:, 2:]
+    t_raw = np.asarray(teacher[1][1], np.float64)[:, :, 1:, 1:]
+    assert s_raw.sum(-1).mean() < 0.97 and t_raw.sum(-1).mean() < 0.97
+    unnormalised = np.mean(np.sum(t_raw * (np.log(t_raw) - np.log(s_raw)), -1))
+    assert abs(unnormalised - expected_attention) > 10 * RTOL * expected_attention
 
 
 def test_feature_distillation_needs_a_teacher_and_matching_patch_grids(digits_data_dir,

@@ -1,4 +1,5 @@
-"""Tasks: classification, seq2seq and distillation plug into one training loop."""
+"""Tasks: classification, seq2seq, distillation and sentence_distillation plug into one
+training loop."""
 
 from trainer.tasks.base import Task, create_task, register_task
 

@@ -6,9 +6,16 @@ gradient and is never checkpointed. It sees the same augmented batch as the stud
 different resolutions.
 
 Config (``config.distill``): ``method`` — ``"soft"`` (Hinton: (1−α)·CE + α·T²·KL),
-``"hard"`` (DeiT hard labels), ``"deit_token"`` (DeiT distillation token; the student needs
-``distillation_token=True``) or ``"none"`` (student from scratch); ``temperature``, ``alpha``,
-``reduction`` (``batchmean``/``mean``); ``teacher_model`` (a ``config.model``-like ViT
+``"hard"`` (DeiT hard labels: ½·CE(labels) + ½·CE(teacher's argmax), DeiT's fixed weights;
+``alpha`` and ``temperature`` are not read: an ``alpha`` other than 0.5 is logged as ignored, a
+temperature is not, as it cannot move an argmax), ``"deit_token"`` (DeiT distillation token;
+the student needs ``distillation_token=True``) or ``"none"`` (student from scratch);
+``temperature`` and ``alpha`` (``soft``, ``deit_token``); ``reduction`` of the soft term
+(``soft`` only: ``batchmean`` or ``mean``; ``distill.losses``' per-example ``"none"`` is
+refused, as the step differentiates a scalar); ``token_type`` (required by ``deit_token``:
+what the distillation head learns, one of ``distill.DISTILLATION_TYPES`` — ``"hard"``, the
+teacher's argmax, DeiT's best; ``"soft"``, T²·KL averaged over B·K elements; ``"none"``, no
+teacher term); ``teacher_model`` (a ``config.model``-like ViT
 description); ``teacher_checkpoint`` — a workdir of this project (orbax) or an official-layout
 ``.npz``; ``unlabelled_split`` (optional) — more training images whose labels are never read:
 the student sees them with ``dataset.train_split`` in one shuffled stream and learns them from
@@ -36,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 import distill
 import input_pipeline
@@ -45,6 +53,10 @@ from trainer.tasks.base import Batch, Metrics, masked_sum, register_task
 from trainer.tasks.classification import ClassificationTask, build_vit
 
 METHODS = ("soft", "hard", "deit_token", "none")
+# The step takes the gradient of one number: distill.losses' "none" (a loss per example) is
+# refused when the task is built instead of failing inside jax.grad.
+SCALAR_REDUCTIONS = tuple(r for r in distill.REDUCTIONS if r != "none")
+HARD_ALPHA = 0.5  # DeiT's hard distillation weighs labels and teacher ½ : ½ (not configurable)
 FEATURE_LOSSES = ("mse", "cosine")
 PROJECTION = "distill_projection"  # the projection's key in the student's params
 
@@ -76,6 +88,31 @@ def patch_attention(weights: jax.Array, prefix: int, heads: int) -> jax.Array:
     return weights
 
 
+def _check_choice(options: Any, field: str, choices: tuple[str, ...], why: str) -> None:
+    """Raises unless ``config.distill.<field>`` is present and one of ``choices``."""
+    if field not in options:
+        raise ValueError(f"config.distill.{field} is missing; method={options.method!r} needs "
+                         f"it: one of {choices} ({why})")
+    if options[field] not in choices:
+        raise ValueError(f"config.distill.{field}={options[field]!r} is not supported; "
+                         f"expected one of {choices} ({why})")
+
+
+def _check_logit_options(options: Any) -> None:
+    """Checks the fields that the logit loss reads only when it is traced, so that a bad value
+    fails when the task is built and names the field, not later inside ``jax.grad``."""
+    if options.method == "soft":
+        _check_choice(options, "reduction", SCALAR_REDUCTIONS,
+                      "the training step differentiates a scalar loss")
+    if options.method == "deit_token":
+        _check_choice(options, "token_type", distill.DISTILLATION_TYPES,
+                      "what the distillation head learns from the teacher")
+    if options.method == "hard" and options.get("alpha", HARD_ALPHA) != HARD_ALPHA:
+        logging.warning(
+            "config.distill.alpha=%r is ignored by method='hard': DeiT's hard distillation "
+            "weighs labels and teacher %g : %g", options.alpha, 1 - HARD_ALPHA, HARD_ALPHA)
+
+
 def load_teacher_params(path: str, model: vit.VisionTransformer) -> Any:
     """A teacher's parameters from a workdir (its newest orbax checkpoint) or an ``.npz``."""
     if path.endswith(".npz"):
@@ -103,6 +140,7 @@ class DistillationTask(ClassificationTask):
             raise ValueError("distill.method='deit_token' and model.distillation_token=True go "
                              f"together; got method={options.method!r}, distillation_token="
                              f"{self.model.distillation_token}")
+        _check_logit_options(options)
         self.options = options
         self.unlabelled_split = options.get("unlabelled_split", "") or ""
         if self.unlabelled_split and options.method == "none":
