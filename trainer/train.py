@@ -166,6 +166,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     else:
         state, _ = restored
         start_step = int(jax.device_get(state.step))
+        if start_step > total_steps:
+            checkpointer.close()
+            raise ValueError(
+                f"the checkpoint in {workdir} is at step {start_step}, past "
+                f"config.num_train_steps={total_steps}: use another workdir, or set "
+                f"num_train_steps >= {start_step}")
         truncate_metrics(workdir, start_step)
         finished_summary = _finished_summary(workdir, start_step, total_steps)
         if finished_summary is not None:
@@ -198,6 +204,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     meta = {"params_fingerprint": fingerprint, "task": config.task}
     stop_after = config.get("stop_after_step")
+    # Where this call stops: a rerun with the stop_after_step its checkpoint already reached
+    # trains nothing (it used to go on to num_train_steps, since step == stop_after never held).
+    last_step = total_steps if stop_after is None else min(stop_after, total_steps)
+    if last_step < total_steps and start_step >= last_step:
+        writer.text(f"the checkpoint at step {start_step} is at stop_after_step={stop_after}: "
+                    "nothing to train")
     # A resumed run's summary covers the evaluations before the restart too.
     last_eval, best_eval = eval_history(workdir, start_step)
     pending: list[dict[str, jax.Array]] = []
@@ -213,7 +225,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     with _PreemptionFlag() as preemption:
         try:
-            while step < total_steps:
+            while step < last_step:
                 batch = next(train_iter)
                 global_batch = partitioning.global_batch(batch, mesh)
                 if step == start_step:
@@ -234,7 +246,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 is_last = step == total_steps
                 log_now = step % config.log_every_steps == 0 or is_last
                 save_now = (step % config.checkpoint_every_steps == 0 or is_last
-                            or step == stop_after)
+                            or step == last_step)
                 eval_now = step % config.eval_every_steps == 0 or is_last
                 preempted = preemption.anywhere()
                 if log_now or eval_now:
@@ -262,8 +274,6 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     save(step)
                 if preempted:
                     writer.text(f"preempted: saved the checkpoint at step {step}; exiting")
-                    break
-                if step == stop_after:
                     break
         finally:
             checkpointer.close()

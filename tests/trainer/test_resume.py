@@ -36,6 +36,9 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, digits_data_dir, make_co
     resumed = str(tmp_path / "resumed")
     train_and_evaluate(config(stop_after_step=3), resumed)
     assert max(r["step"] for r in read_metrics(resumed)) <= 3
+    # The same command again (a requeued job): its checkpoint is at the stop; nothing trains.
+    assert train_and_evaluate(config(stop_after_step=3), resumed)["step"] == 3
+    assert max(r["step"] for r in read_metrics(resumed)) <= 3
     summary = train_and_evaluate(config(), resumed)
     assert summary["step"] == config().num_train_steps
 
@@ -52,6 +55,10 @@ def test_workdir_of_another_model_is_refused(tmp_path, digits_data_dir):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=2,
                                           **{"schedule.warmup_steps": 1}), workdir)
+    # Fewer steps than its checkpoint has done: refused, rather than a summary past the end.
+    with pytest.raises(ValueError, match=r"at step 2, past config\.num_train_steps=1"):
+        train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=1,
+                                              **{"schedule.warmup_steps": 0}), workdir)
     wider = tiny_digits_config(digits_data_dir, num_train_steps=4, **{"model.hidden_size": 64})
     with pytest.raises(CheckpointMismatchError, match="different model"):
         train_and_evaluate(wider, workdir)
