@@ -18,7 +18,7 @@ def validate(config: Any) -> None:
         raise ValueError(f"config is missing the field(s) {missing}")
     for name in POSITIVE_INTS:
         value = config[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _is_positive_int(value):
             raise ValueError(f"config.{name}={value!r} must be a positive integer")
     learning_rate = config.optimizer.get("learning_rate")
     if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
@@ -39,9 +39,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _validate_optimizer(config: Any) -> None:
     accum_steps = config.optimizer.get("accum_steps", 1)
-    if not isinstance(accum_steps, int) or isinstance(accum_steps, bool) or accum_steps < 1:
+    if not _is_positive_int(accum_steps):
         raise ValueError(f"config.optimizer.accum_steps={accum_steps!r} must be an integer >= 1 "
                          "(1: no gradient accumulation)")
     # The device count is not known here; train.py also checks the split over devices.
