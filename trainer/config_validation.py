@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer import optimizers
+
 REQUIRED = ("task", "seed", "model", "dataset", "batch_size", "eval_batch_size",
             "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
             "keep_checkpoints", "optimizer", "schedule", "mesh_shape", "sharding")
@@ -20,6 +22,11 @@ def validate(config: Any) -> None:
         value = config[name]
         if not _is_positive_int(value):
             raise ValueError(f"config.{name}={value!r} must be a positive integer")
+    seed = config.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"config.seed={seed!r} must be an integer >= 0")
+    optimizers.check_optimizer(config.optimizer)
+    optimizers.check_schedule(config.schedule, config.num_train_steps)
     learning_rate = config.optimizer.get("learning_rate")
     if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
         raise ValueError(f"config.optimizer.learning_rate={learning_rate!r} must be > 0")

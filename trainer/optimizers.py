@@ -18,6 +18,34 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_rsqrt", "constant")
 
 
+def check_schedule(schedule_config: Any, total_steps: int) -> None:
+    """Raises ``ValueError`` naming ``config.schedule``'s field when it cannot be built."""
+    name = schedule_config.get("name")
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"config.schedule.name={name!r} is not supported; expected one of {SCHEDULES}")
+    warmup = schedule_config.get("warmup_steps", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"config.schedule.warmup_steps={warmup!r} must be an integer >= 0")
+    # warmup_rsqrt decays from the end of warmup on, however long the run; the others reach
+    # their peak at warmup_steps and must then decay within num_train_steps.
+    if name in ("warmup_cosine", "warmup_linear") and total_steps > 0 and warmup >= total_steps:
+        raise ValueError(f"config.schedule.warmup_steps={warmup} must be in [0, "
+                         f"num_train_steps={total_steps}) for schedule {name!r}")
+    end_factor = schedule_config.get("end_learning_rate_factor", 0.0)
+    if not isinstance(end_factor, (int, float)) or isinstance(end_factor, bool) or end_factor < 0:
+        raise ValueError(f"config.schedule.end_learning_rate_factor={end_factor!r} must be a "
+                         "number >= 0 (the final learning rate over the peak)")
+
+
+def check_optimizer(optimizer_config: Any) -> None:
+    """Raises ``ValueError`` naming ``config.optimizer.name`` when it is not supported."""
+    name = optimizer_config.get("name")
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"config.optimizer.name={name!r} is not supported; expected one of {OPTIMIZERS}")
+
+
 def make_schedule(schedule_config: Any, base_learning_rate: float,
                   total_steps: int) -> optax.Schedule:
     """Learning rate per step.
@@ -25,16 +53,10 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
     ``warmup_rsqrt`` is the schedule of "Attention Is All You Need" (eq. 3) scaled so that it
     peaks at ``base_learning_rate`` at the end of warmup: lr·min(step/warmup, √(warmup/step)).
     """
+    check_schedule(schedule_config, total_steps)
     name = schedule_config.name
     warmup = int(schedule_config.get("warmup_steps", 0))
     end_factor = float(schedule_config.get("end_learning_rate_factor", 0.0))
-    if name not in SCHEDULES:
-        raise ValueError(f"schedule.name={name!r} is not supported; expected one of {SCHEDULES}")
-    if warmup < 0 or (warmup >= total_steps and name != "constant" and total_steps > 0
-                      and name != "warmup_rsqrt"):
-        raise ValueError(
-            f"schedule.warmup_steps={warmup} must be in [0, num_train_steps={total_steps})"
-        )
     if name == "constant":
         return optax.constant_schedule(base_learning_rate)
     if name == "warmup_rsqrt":
@@ -76,10 +98,9 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
     Gradient accumulation (``optimizer.accum_steps``) happens inside the train step, over
     micro-batches of one global batch (``trainer.steps``), so a step is always one update.
     """
+    check_optimizer(config.optimizer)
     opt = config.optimizer
     name = opt.name
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={name!r} is not supported; expected one of {OPTIMIZERS}")
     schedule = make_schedule(config.schedule, float(opt.learning_rate), total_steps)
     chain = []
     if opt.get("grad_clip_norm"):

@@ -24,6 +24,14 @@ def test_the_demo_config_passes():
     ("mixup.cutmix_alpha", -0.5, "config.mixup.cutmix_alpha=-0.5 must be a number >= 0"),
     ("mixup.switch_prob", 1.5, "config.mixup.switch_prob=1.5 must be in [0, 1]"),
     ("mixup.switch_prob", -0.1, "config.mixup.switch_prob=-0.1 must be in [0, 1]"),
+    ("seed", -1, "config.seed=-1 must be an integer >= 0"),
+    ("optimizer.name", "lamb", "config.optimizer.name='lamb' is not supported; expected one of"),
+    ("schedule.name", "poly", "config.schedule.name='poly' is not supported; expected one of"),
+    ("schedule.warmup_steps", -5, "config.schedule.warmup_steps=-5 must be an integer >= 0"),
+    ("schedule.warmup_steps", 10**6,
+     "config.schedule.warmup_steps=1000000 must be in [0, num_train_steps="),
+    ("schedule.end_learning_rate_factor", -0.5,
+     "config.schedule.end_learning_rate_factor=-0.5 must be a number >= 0"),
 ])
 def test_a_bad_field_is_named_with_its_value(field, value, message):
     config = vit_digits.get_config()

@@ -156,6 +156,17 @@ def test_logit_loss_options_are_checked_when_the_task_is_built(method, field, va
         create_task(config)
 
 
+def test_teacher_and_student_class_counts_must_match():
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("soft")
+    config.distill.teacher_model.num_classes = 7
+    with pytest.raises(ValueError, match=r"config\.distill\.teacher_model has 7 classes and "
+                                         r"the student 10"):
+        create_task(config)
+
+
 def test_hard_distillation_logs_that_it_ignores_alpha(caplog):
     from configs import distill_digits
     from trainer.tasks import create_task

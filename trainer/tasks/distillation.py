@@ -71,8 +71,8 @@ def block_outputs(state: Any, num_layers: int) -> list[tuple[jax.Array, jax.Arra
     encoder block, from a ViT's ``intermediates`` collection."""
     blocks = state["intermediates"]["Transformer"]
     if "encoderblock_0" not in blocks:
-        raise ValueError("feature/attention distillation needs model.scan_layers=False (the "
-                         "per-block intermediates of a scanned stack are stacked)")
+        raise ValueError("feature/attention distillation needs config.model.scan_layers=False "
+                         "(the per-block intermediates of a scanned stack are stacked)")
     return [(blocks[f"encoderblock_{i}"]["hidden_state"][0],
              blocks[f"encoderblock_{i}"]["MultiHeadDotProductAttention_1"]
              ["attention_weights"][0]) for i in range(num_layers)]
@@ -122,7 +122,7 @@ def load_teacher_params(path: str, model: vit.VisionTransformer) -> Any:
 
         return restore_params(path)
     raise FileNotFoundError(
-        f"distill.teacher_checkpoint={path!r} is neither an .npz file nor a workdir with "
+        f"config.distill.teacher_checkpoint={path!r} is neither an .npz file nor a workdir with "
         "checkpoints/ (train the teacher first with trainer.main)")
 
 
@@ -134,10 +134,11 @@ class DistillationTask(ClassificationTask):
         super().__init__(config)
         options = config.distill
         if options.method not in METHODS:
-            raise ValueError(f"distill.method={options.method!r} is not supported; expected "
-                             f"one of {METHODS}")
+            raise ValueError(f"config.distill.method={options.method!r} is not supported; "
+                             f"expected one of {METHODS}")
         if (options.method == "deit_token") != bool(self.model.distillation_token):
-            raise ValueError("distill.method='deit_token' and model.distillation_token=True go "
+            raise ValueError("config.distill.method='deit_token' and "
+                             "config.model.distillation_token=True go "
                              f"together; got method={options.method!r}, distillation_token="
                              f"{self.model.distillation_token}")
         _check_logit_options(options)
@@ -145,23 +146,24 @@ class DistillationTask(ClassificationTask):
         self.unlabelled_split = options.get("unlabelled_split", "") or ""
         if self.unlabelled_split and options.method == "none":
             raise ValueError(
-                f"distill.unlabelled_split={self.unlabelled_split!r} needs a teacher to learn "
-                "from; distill.method='none' trains on labels alone (set the split to '')")
+                f"config.distill.unlabelled_split={self.unlabelled_split!r} needs a teacher to "
+                "learn from; distill.method='none' trains on labels alone (set the split to '')")
         if self.unlabelled_split == config.dataset.train_split:
-            raise ValueError(f"distill.unlabelled_split={self.unlabelled_split!r} must differ "
-                             f"from dataset.train_split (the labelled examples)")
+            raise ValueError(f"config.distill.unlabelled_split={self.unlabelled_split!r} must "
+                             "differ from config.dataset.train_split (the labelled examples)")
         self.feature_weight = float(options.get("feature_weight", 0.0))
         self.attention_weight = float(options.get("attention_weight", 0.0))
         if (self.feature_weight or self.attention_weight) and options.method == "none":
-            raise ValueError("distill.feature_weight/attention_weight need a teacher; "
-                             "distill.method='none' trains the student alone")
+            raise ValueError("config.distill.feature_weight/attention_weight need a teacher; "
+                             "config.distill.method='none' trains the student alone")
         if options.get("feature_loss", "mse") not in FEATURE_LOSSES:
-            raise ValueError(f"distill.feature_loss={options.feature_loss!r} is not supported; "
-                             f"expected one of {FEATURE_LOSSES}")
+            raise ValueError(f"config.distill.feature_loss={options.feature_loss!r} is not "
+                             f"supported; expected one of {FEATURE_LOSSES}")
         self.teacher = build_vit(options.teacher_model, jnp.float32)
         if self.teacher.num_classes != self.num_classes:
-            raise ValueError(f"teacher has {self.teacher.num_classes} classes, the student "
-                             f"{self.num_classes}")
+            raise ValueError(f"config.distill.teacher_model has {self.teacher.num_classes} "
+                             f"classes and the student {self.num_classes}: distillation "
+                             "compares their logits class by class, so they must be equal")
         self._teacher_params = None
         if self.feature_weight or self.attention_weight:
             student_grid, teacher_grid = self.model.grid_size, self.teacher.grid_size
