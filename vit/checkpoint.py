@@ -6,7 +6,8 @@ A checkpoint is a flat ``.npz`` whose keys join the parameter path with ``/``:
 ``Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
 LayerNorm_2, MlpBlock_3/{Dense_0, Dense_1}}``, ``Transformer/encoder_norm``, ``pre_logits``
 and ``head``. ``VisionTransformer`` uses exactly these names, so loading is a key-by-key copy
-plus three adaptations: a new head, dropping ``pre_logits``, and resizing the position grid.
+plus three adaptations, as in the official ``checkpoint.load_pretrained``: a new head (the
+model's own initial one), dropping ``pre_logits``, and resizing the position grid.
 The official checkpoints live at ``gs://vit_models/imagenet21k/ViT-B_16.npz`` (and
 ``gs://vit_models/augreg/...``); download them on a connected machine (``gsutil cp``).
 """
@@ -15,6 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import uuid
+import zipfile
+import zlib
 from typing import Any
 
 import jax
@@ -30,6 +35,10 @@ _SCANNED_BLOCK = "Transformer/encoderblock/block/"
 _POSEMBED = "Transformer/posembed_input/pos_embedding"
 # Parameters of the tokens that precede the patches in the position table, in that order.
 _PREFIX_TOKENS = ("cls", "dist_token")
+_TOKEN_KINDS = {"cls": "class token", "dist_token": "distillation token"}
+# Each head and the representation layer it reads (present when representation_size is set).
+_HEADS = {"head": "pre_logits", "head_dist": "pre_logits_dist"}
+_BLOCK_INDEX = re.compile(r"Transformer/encoderblock_(\d+)/")
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
@@ -92,11 +101,43 @@ def canonical_block_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def save_npz(params: Any, path: str) -> None:
     """Writes ``params`` in the official flat layout (per-layer blocks even from a scanned
-    model), readable by the official code and by ``load_pretrained``."""
+    model), readable by the official code and by ``load_pretrained``.
+
+    Atomic: the archive is written to a temporary file next to ``path``, synced, then renamed
+    over it, so a save that fails midway (disk full, preemption) leaves any old file intact.
+    """
     flat = unstack_scanned_blocks(flatten_params(jax.device_get(params)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, **flat)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Same directory: os.replace is only atomic within one file system. "xb" (not mkstemp)
+    # so the file gets the usual umask permissions rather than 0600.
+    temporary = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(temporary, "xb") as f:
+            np.savez(f, **flat)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes a rename in ``directory`` durable; best effort (not every OS or file system
+    can open or sync a directory, and the data itself is already synced)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _square_grid(num_positions: int) -> tuple[int, int] | None:
@@ -138,13 +179,6 @@ def _fitted_posembed(loaded: dict[str, np.ndarray], model: VisionTransformer,
     shapes agree (a table this code saved from the same model).
     """
     value = loaded[_POSEMBED]
-    present = [k for k in _PREFIX_TOKENS if k in loaded]
-    if len(present) != model.num_prefix_tokens:
-        raise ValueError(
-            f"checkpoint has {len(present)} class/distillation token(s) {present} before the "
-            f"patches but the model has {model.num_prefix_tokens} (classifier="
-            f"{model.classifier!r}, distillation_token={model.distillation_token}); build the "
-            "model with the checkpoint's classifier")
     num_positions = value.shape[1] - model.num_prefix_tokens
     old_grid = checkpoint_grid or _square_grid(num_positions)
     if old_grid is None and num_positions == model.grid_size[0] * model.grid_size[1]:
@@ -157,21 +191,175 @@ def _fitted_posembed(loaded: dict[str, np.ndarray], model: VisionTransformer,
     return resized
 
 
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``; a file that is not one (truncated by a failed
+    copy, a ``.npy``, pickled data) raises ``ValueError`` naming the path."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:  # members are read lazily: a truncated one fails here, inside the try
+                return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
+        raise ValueError(f"checkpoint {path!r} is not a readable .npz file "
+                         f"({type(error).__name__}: {error}); re-download or re-export it") \
+            from error
+    raise ValueError(f"checkpoint {path!r} holds a single array (.npy), not an .npz archive of "
+                     "named parameters")
+
+
+def _expected_shapes(model: VisionTransformer) -> dict[str, jax.ShapeDtypeStruct]:
+    """``{"a/b/kernel": shape}`` of ``model``'s unscanned parameters, without computing them."""
+    template = model.clone(scan_layers=False)
+    dummy = np.zeros((1, *(to_pair(model.image_size)), model.num_channels), np.float32)
+    shapes = jax.eval_shape(template.init, jax.random.key(0), dummy)["params"]
+    return dict(traverse_util.flatten_dict(shapes, sep="/"))
+
+
+def _fresh_heads(model: VisionTransformer, names: list[str]) -> dict[str, np.ndarray]:
+    """The model's own initial ``{name}/kernel`` ``[width, num_classes]`` and ``{name}/bias``
+    ``[num_classes]`` for each head in ``names`` (zero kernel, ``head_bias_init`` bias).
+
+    Taken from ``model.init`` rather than rebuilt here so they follow the model's
+    initialisers; under ``jit`` XLA drops everything the heads do not depend on, so this costs
+    a trace, not a full initialisation.
+    """
+    template = model.clone(scan_layers=False)
+    dummy = np.zeros((1, *(to_pair(model.image_size)), model.num_channels), np.float32)
+
+    def heads(key):
+        params = template.init(key, dummy)["params"]
+        return {name: params[name] for name in names}
+
+    return flatten_params(jax.jit(heads)(jax.random.key(0)))
+
+
+def _check_not_big_vision(path: str, loaded: dict[str, np.ndarray]) -> None:
+    """big_vision saves ``params/img/...`` with other names and a ``pos_embedding`` without the
+    class token's slot: no key would match, so say which layout it is instead."""
+    nested = sorted(k for k in loaded if k.startswith("params/"))
+    if nested:
+        raise ValueError(
+            f"checkpoint {path} has keys under 'params/' (e.g. {nested[:3]}): the big_vision "
+            "layout is not supported; convert to the official vision_transformer layout "
+            "(keys such as 'embedding/kernel', 'cls', "
+            f"'{_POSEMBED}', 'Transformer/encoderblock_0/...', 'head/kernel')")
+
+
+def _check_prefix_tokens(path: str, loaded: dict[str, np.ndarray],
+                         model: VisionTransformer) -> None:
+    """Refuses a checkpoint whose class/distillation tokens are not the model's (another
+    classifier), naming the token kinds; run before the missing-key check, which would only
+    say ``cls`` or ``dist_token`` is missing."""
+    if _POSEMBED not in loaded:  # not this layout at all: the missing-key check says so
+        return
+    present = [k for k in _PREFIX_TOKENS if k in loaded]
+    wanted = ["cls"] * (model.classifier == "token") + ["dist_token"] * model.distillation_token
+    if present == wanted:
+        return
+    difference = "; ".join(
+        [f"the checkpoint has no {_TOKEN_KINDS[k]} ({k!r})" for k in wanted if k not in present]
+        + [f"the model has no {_TOKEN_KINDS[k]} ({k!r})" for k in present if k not in wanted])
+    raise ValueError(
+        f"checkpoint {path} has {len(present)} class/distillation token(s) {present} before "
+        f"the patches but the model has {len(wanted)} (classifier={model.classifier!r}, "
+        f"distillation_token={model.distillation_token}): {difference}; build the model with "
+        f"the checkpoint's classifier={'token' if 'cls' in present else 'gap'!r}, "
+        f"distillation_token={'dist_token' in present}")
+
+
+def _check_missing(path: str, loaded: dict[str, np.ndarray], expected: dict[str, Any]) -> None:
+    """Every parameter but the heads (which may start anew) must be in the checkpoint."""
+    missing = [k for k in expected if k not in loaded and k.split("/")[0] not in _HEADS]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} is missing {len(missing)} parameter(s) the model needs: "
+            f"{missing[:20]}; the checkpoint has {len(loaded)} entries, e.g. "
+            f"{sorted(loaded)[:5]}")
+
+
+def _check_depth(path: str, loaded: dict[str, np.ndarray], model: VisionTransformer,
+                 allow_fewer_layers: bool) -> None:
+    """A deeper checkpoint is refused unless ``allow_fewer_layers``: its extra blocks would
+    be dropped and the model would compute something else than the checkpoint did."""
+    indices = [int(m.group(1)) for m in map(_BLOCK_INDEX.match, loaded) if m]
+    depth = max(indices, default=-1) + 1
+    if depth > model.num_layers and not allow_fewer_layers:
+        raise ValueError(
+            f"checkpoint {path} has {depth} encoder layers (Transformer/encoderblock_0.."
+            f"{depth - 1}) but the model has num_layers={model.num_layers}; build the model "
+            f"with num_layers={depth}, or pass allow_fewer_layers=True to load only the first "
+            f"{model.num_layers}")
+
+
+def _head_mismatch(loaded: dict[str, np.ndarray], expected: dict[str, Any], name: str,
+                   model: VisionTransformer) -> str | None:
+    """Why the checkpoint's head ``name`` cannot serve the model (None when it can). The head
+    is judged whole: a kernel that does not fit makes its bias meaningless too."""
+    kernel, bias = loaded.get(f"{name}/kernel"), loaded.get(f"{name}/bias")
+    want_kernel, want_bias = expected[f"{name}/kernel"].shape, expected[f"{name}/bias"].shape
+    if kernel is None or bias is None:
+        return f"the checkpoint lacks {name}/kernel or {name}/bias"
+    if kernel.shape != want_kernel or bias.shape != want_bias:
+        return (f"checkpoint {name}/kernel {kernel.shape}, {name}/bias {bias.shape} vs model "
+                f"{want_kernel}, {want_bias}")
+    pre_logits = _HEADS[name]
+    if model.representation_size is None and any(k.startswith(pre_logits + "/") for k in loaded):
+        # The official code resets the head here too: it was trained on tanh(pre_logits(x)).
+        return (f"the checkpoint's {pre_logits} layer is dropped (representation_size=None) "
+                f"and its head was trained on that layer's output")
+    return None
+
+
+def _heads(path: str, loaded: dict[str, np.ndarray], expected: dict[str, Any],
+           model: VisionTransformer, allow_new_head: bool) -> dict[str, np.ndarray]:
+    """``{"head/kernel": [width, num_classes], "head/bias": [num_classes], ...}`` for each
+    head of the model: the checkpoint's when it fits, else the model's own initial head."""
+    names = [name for name in _HEADS if f"{name}/kernel" in expected]
+    mismatches = {name: _head_mismatch(loaded, expected, name, model) for name in names}
+    replaced = [name for name in names if mismatches[name]]
+    for name in replaced:
+        kernel = loaded.get(f"{name}/kernel")
+        shapes = (f"{name}/kernel: checkpoint {None if kernel is None else kernel.shape} vs "
+                  f"model {expected[f'{name}/kernel'].shape} (num_classes={model.num_classes})")
+        if not allow_new_head:
+            raise ValueError(f"checkpoint {path}: {shapes}: {mismatches[name]}; the head must "
+                             "come from the checkpoint (allow_new_head=False)")
+        same_shape = kernel is not None and kernel.shape == expected[f"{name}/kernel"].shape
+        # A head of the right shape being replaced is a surprise; a resized one is fine-tuning.
+        log = logging.warning if same_shape else logging.info
+        log("%s: starting the model's initial head instead (%s)", shapes, mismatches[name])
+    flat = {f"{name}/{p}": loaded[f"{name}/{p}"] for name in names if name not in replaced
+            for p in ("kernel", "bias")}
+    if replaced:
+        flat.update(_fresh_heads(model, replaced))
+    return flat
+
+
 def load_pretrained(path: str, model: VisionTransformer,
                     image_size: int | tuple[int, int] | None = None,
-                    checkpoint_grid: tuple[int, int] | None = None) -> dict[str, Any]:
+                    checkpoint_grid: tuple[int, int] | None = None, *,
+                    allow_new_head: bool = True,
+                    allow_fewer_layers: bool = False) -> dict[str, Any]:
     """Parameters for ``model`` from an official-layout ``.npz``.
 
-    - The head is kept when its shape matches ``model.num_classes``; otherwise a fresh zero
-      head starts (as the official fine-tuning code does).
-    - ``pre_logits`` is dropped when ``model.representation_size`` is None.
+    - The head (``head/kernel`` ``[width, num_classes]`` and ``head/bias`` ``[num_classes]``,
+      judged together; likewise ``head_dist``) is kept when both shapes match the model's and
+      the checkpoint's ``pre_logits`` is not dropped; otherwise the model's own initial head
+      starts (zero kernel, ``head_bias_init`` bias), as the official fine-tuning code does.
+      ``allow_new_head=False`` (loading a model to use as is, e.g. a distillation teacher)
+      raises ``ValueError`` instead, naming ``head/kernel``, both shapes and ``num_classes``.
+    - ``pre_logits`` is dropped when ``model.representation_size`` is None (and so is the
+      head trained on it, see above).
     - The position-embedding grid is resized when the model's grid (from
       ``image_size``, default ``model.image_size``) differs from the checkpoint's
       (``checkpoint_grid`` ``(height, width)`` in patches; by default square, as in every
       official checkpoint). A checkpoint with another classifier (class token or not,
       distillation token or not) is refused with a ``ValueError`` saying so.
+    - A checkpoint with more encoder layers than ``model.num_layers`` raises ``ValueError``
+      unless ``allow_fewer_layers=True``, which keeps its first ``num_layers``.
     - Missing keys raise ``ValueError`` listing them; so does any shape that disagrees
-      (naming key, checkpoint shape and expected shape). Unexpected keys are logged.
+      (naming key, checkpoint shape and expected shape), a file that is not an ``.npz`` and a
+      big_vision checkpoint. Other unexpected keys are logged.
 
     Returns nested parameters in ``model.param_dtype``, scanned when ``model.scan_layers``.
     """
@@ -181,27 +369,19 @@ def load_pretrained(path: str, model: VisionTransformer,
             " download them on a connected machine)")
     if image_size is not None:
         model = model.clone(image_size=image_size)
-    with np.load(path, allow_pickle=False) as data:
-        loaded = {key: data[key] for key in data.files}
+    loaded = _read_npz(path)
+    _check_not_big_vision(path, loaded)
     loaded = canonical_block_names(unstack_scanned_blocks(loaded))
+    expected = _expected_shapes(model)
+    _check_prefix_tokens(path, loaded, model)
+    _check_missing(path, loaded, expected)
+    _check_depth(path, loaded, model, allow_fewer_layers)
 
-    template_model = model.clone(scan_layers=False)
-    dummy = np.zeros((1, *(to_pair(model.image_size)), model.num_channels), np.float32)
-    shapes = jax.eval_shape(template_model.init, jax.random.key(0), dummy)["params"]
-    expected = {k: v for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
-
+    heads = _heads(path, loaded, expected, model, allow_new_head)
     params, problems = {}, []
-    missing = [k for k in expected if k not in loaded and not k.startswith("head")]
-    if missing:
-        raise ValueError(f"checkpoint {path} is missing {len(missing)} parameter(s) the model "
-                         f"needs: {missing[:20]}")
     for key, spec in expected.items():
-        if key.startswith(("head/", "head_dist/")):
-            value = loaded.get(key)
-            if value is None or value.shape != spec.shape:
-                logging.info("%s: starting a new zero head %s (checkpoint has %s)", key,
-                             spec.shape, None if value is None else value.shape)
-                value = np.zeros(spec.shape, np.float32)
+        if key in heads:
+            value = heads[key]
         elif key == _POSEMBED:
             value = loaded[key]
             if value.ndim != 3 or value.shape[-1] != spec.shape[-1]:
@@ -217,14 +397,18 @@ def load_pretrained(path: str, model: VisionTransformer,
     if problems:
         raise ValueError(f"checkpoint {path} does not fit this model (another architecture?); "
                          f"{len(problems)} shape mismatch(es): " + "; ".join(problems[:20]))
+    _log_unused(loaded, expected)
+    if model.scan_layers:
+        params = stack_blocks(params, model.num_layers)
+    return unflatten_params(params)
+
+
+def _log_unused(loaded: dict[str, np.ndarray], expected: dict[str, Any]) -> None:
     unexpected = sorted(set(loaded) - set(expected))
-    dropped = [k for k in unexpected if k.startswith("pre_logits")]
+    dropped = [k for k in unexpected if k.split("/")[0] in _HEADS.values()]
     if dropped:
         logging.info("dropping %s: the model has no representation layer", dropped)
     others = [k for k in unexpected if k not in dropped]
     if others:
         logging.warning("ignoring %d checkpoint entries the model does not use: %s",
                         len(others), others[:20])
-    if model.scan_layers:
-        params = stack_blocks(params, model.num_layers)
-    return unflatten_params(params)

@@ -167,6 +167,24 @@ def test_teacher_and_student_class_counts_must_match():
         create_task(config)
 
 
+def test_a_teacher_npz_whose_head_does_not_fit_is_refused(tmp_path):
+    """A fine-tuning load gives a mismatched head a fresh zero one; for a frozen teacher that
+    is a uniform teacher, so the teacher loader refuses instead."""
+    import vit
+    from trainer.tasks.distillation import load_teacher_params
+
+    teacher = vit.create_model("ViT-micro", num_classes=10, image_size=8, patch_size=4,
+                               num_channels=1)
+    five_classes = teacher.clone(num_classes=5)
+    params = five_classes.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+    vit.save_npz(params, str(tmp_path / "teacher5.npz"))
+    with pytest.raises(ValueError, match=r"head/kernel.*num_classes=10"):
+        load_teacher_params(str(tmp_path / "teacher5.npz"), teacher)
+    vit.save_npz(params, str(tmp_path / "same.npz"))
+    loaded = load_teacher_params(str(tmp_path / "same.npz"), five_classes)
+    np.testing.assert_array_equal(loaded["head"]["bias"], params["head"]["bias"])
+
+
 def test_hard_distillation_logs_that_it_ignores_alpha(caplog):
     from configs import distill_digits
     from trainer.tasks import create_task

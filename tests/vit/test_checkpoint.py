@@ -159,8 +159,14 @@ def test_checkpoint_of_another_classifier_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"1 class/distillation token\(s\) \['cls'\].*"
                                          r"model has 0 \(classifier='gap'"):
         vit.load_pretrained(token, _model(classifier="gap"))
-    with pytest.raises(ValueError, match=r"missing 1 parameter\(s\) the model needs: \['cls'\]"):
-        vit.load_pretrained(_save(_random_params(_model(classifier="gap")), tmp_path), _model())
+    # Checked before the missing keys, so the message names the classifier, not a lone 'cls'.
+    gap = _save(_random_params(_model(classifier="gap")), tmp_path, "gap.npz")
+    with pytest.raises(ValueError, match=r"checkpoint has no class token \('cls'\); build the "
+                                         r"model with the checkpoint's classifier='gap'"):
+        vit.load_pretrained(gap, _model())
+    with pytest.raises(ValueError, match=r"has no distillation token \('dist_token'\).*"
+                                         r"distillation_token=False"):
+        vit.load_pretrained(token, _model(distillation_token=True))
 
 
 @pytest.mark.slow
@@ -189,3 +195,153 @@ def test_unexpected_keys_are_reported(tmp_path, caplog):
 def test_missing_file_names_where_checkpoints_live(tmp_path):
     with pytest.raises(FileNotFoundError, match="gs://vit_models"):
         vit.load_pretrained(str(tmp_path / "nope.npz"), _model())
+
+
+def _head(params, name="head"):
+    return {k: np.asarray(v) for k, v in params[name].items()}
+
+
+def _initial_head(model, name="head"):
+    height, width = to_pair(model.image_size)
+    return _head(model.init(jax.random.key(0), jnp.zeros((1, height, width, 3)))["params"], name)
+
+
+def test_head_is_replaced_whole_never_a_new_kernel_with_an_old_bias(tmp_path):
+    # A representation layer 8 wide gives a head kernel [8, 10] whose bias [10] fits the model:
+    # keeping that bias under a new kernel would be half of a head trained for other inputs.
+    path = _save(_random_params(_model(representation_size=8)), tmp_path)
+    loaded = _head(vit.load_pretrained(path, _model()))
+    np.testing.assert_array_equal(loaded["kernel"], np.zeros((32, 10)))
+    np.testing.assert_array_equal(loaded["bias"], np.zeros(10))
+    # The other way round: a kernel that fits with a bias that does not.
+    flat = flatten_params(_random_params(_model()))
+    flat["head/bias"] = np.ones(7, np.float32)
+    odd = str(tmp_path / "odd_bias.npz")
+    np.savez(odd, **flat)
+    loaded = _head(vit.load_pretrained(odd, _model()))
+    assert not np.any(loaded["kernel"]) and not np.any(loaded["bias"])
+
+
+def test_head_is_replaced_when_its_pre_logits_is_dropped(tmp_path, caplog):
+    # As in the official i21k checkpoints, representation_size == hidden_size: the head fits
+    # by shape, but it was trained on tanh(pre_logits(x)), which this model no longer computes.
+    params = _random_params(_model(representation_size=32))
+    path = _save(params, tmp_path)
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        loaded = vit.load_pretrained(path, _model(head_bias_init=-1.5))
+    assert "pre_logits" not in loaded
+    for key, value in _initial_head(_model(head_bias_init=-1.5)).items():
+        np.testing.assert_array_equal(loaded["head"][key], value)
+    assert "head/kernel" in caplog.text and "pre_logits layer is dropped" in caplog.text
+    with pytest.raises(ValueError, match=r"head/kernel: checkpoint \(32, 10\) vs model "
+                                         r"\(32, 10\) \(num_classes=10\).*pre_logits"):
+        vit.load_pretrained(path, _model(), allow_new_head=False)
+    # A model that keeps the representation layer keeps the head too.
+    kept = vit.load_pretrained(path, _model(representation_size=32), allow_new_head=False)
+    np.testing.assert_array_equal(kept["head"]["kernel"], params["head"]["kernel"])
+
+
+def test_distillation_head_is_replaced_when_its_pre_logits_is_dropped(tmp_path):
+    deit = dict(distillation_token=True)
+    params = _random_params(_model(representation_size=32, **deit))
+    loaded = vit.load_pretrained(_save(params, tmp_path), _model(**deit))
+    assert "pre_logits_dist" not in loaded
+    for name in ("head", "head_dist"):
+        assert not np.any(loaded[name]["kernel"]) and not np.any(loaded[name]["bias"])
+    np.testing.assert_array_equal(loaded["dist_token"], params["dist_token"])
+
+
+def test_new_head_is_the_models_initial_head_with_head_bias_init(tmp_path):
+    path = _save(_random_params(_model()), tmp_path)
+    model = _model(num_classes=3, head_bias_init=-6.9)
+    loaded = _head(vit.load_pretrained(path, model))
+    expected = _initial_head(model)
+    np.testing.assert_array_equal(loaded["kernel"], expected["kernel"])
+    np.testing.assert_array_equal(loaded["bias"], expected["bias"])
+    np.testing.assert_allclose(loaded["bias"], -6.9)
+
+
+def test_allow_new_head_false_refuses_a_head_that_does_not_fit(tmp_path):
+    params = _random_params(_model())
+    path = _save(params, tmp_path)
+    with pytest.raises(ValueError, match=r"head/kernel: checkpoint \(32, 10\) vs model \(32, 3\) "
+                                         r"\(num_classes=3\)"):
+        vit.load_pretrained(path, _model(num_classes=3), allow_new_head=False)
+    flat = flatten_params(params)
+    del flat["head/kernel"], flat["head/bias"]
+    headless = str(tmp_path / "headless.npz")
+    np.savez(headless, **flat)
+    with pytest.raises(ValueError, match=r"head/kernel: checkpoint None vs model \(32, 10\)"):
+        vit.load_pretrained(headless, _model(), allow_new_head=False)
+    kept = vit.load_pretrained(path, _model(), allow_new_head=False)
+    np.testing.assert_array_equal(kept["head"]["bias"], params["head"]["bias"])
+
+
+def test_deeper_checkpoint_is_refused_unless_fewer_layers_are_allowed(tmp_path, caplog):
+    params = _random_params(_model(num_layers=3))
+    path = _save(params, tmp_path)
+    with pytest.raises(ValueError, match=r"3 encoder layers .*num_layers=2.*allow_fewer_layers"):
+        vit.load_pretrained(path, _model())
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        loaded = vit.load_pretrained(path, _model(), allow_fewer_layers=True)
+    assert "Transformer/encoderblock_2/" in caplog.text
+    assert sorted(k for k in loaded["Transformer"] if k.startswith("encoderblock")) == [
+        "encoderblock_0", "encoderblock_1"]
+    np.testing.assert_array_equal(
+        flatten_params(loaded["Transformer"]["encoderblock_1"])["LayerNorm_0/scale"],
+        flatten_params(params["Transformer"]["encoderblock_1"])["LayerNorm_0/scale"])
+
+
+def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    params = _random_params(_model())
+    path = _save(params, tmp_path)
+    before = open(path, "rb").read()
+
+    def disk_full(file, **arrays):
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        vit.save_npz(params, path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]  # no temporary left
+    vit.save_npz(jax.tree.map(lambda x: x + 1, params), path)  # a good save does replace it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    np.testing.assert_array_equal(np.load(path)["cls"], np.asarray(params["cls"]) + 1)
+
+
+def test_unreadable_file_is_a_value_error_naming_the_path(tmp_path):
+    good = open(_save(_random_params(_model()), tmp_path), "rb").read()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good[: len(good) // 2])
+    text = tmp_path / "text.npz"
+    text.write_text("not an archive")
+    single = tmp_path / "single.npz"
+    np.save(open(single, "wb"), np.zeros(3))
+    for path in (truncated, text, single):
+        with pytest.raises(ValueError, match=f"checkpoint '{path}'.*(not a readable .npz|not an "
+                                             ".npz archive)"):
+            vit.load_pretrained(str(path), _model())
+
+
+def test_big_vision_layout_is_named(tmp_path):
+    flat = {"params/img/" + k: v for k, v in flatten_params(_random_params(_model())).items()}
+    path = str(tmp_path / "bv.npz")
+    np.savez(path, **flat)
+    with pytest.raises(ValueError, match="params/img/.*big_vision layout is not supported; "
+                                         "convert to the official vision_transformer layout"):
+        vit.load_pretrained(path, _model())
+
+
+def test_missing_keys_message_shows_the_checkpoints_own_keys(tmp_path):
+    path = str(tmp_path / "other.npz")
+    np.savez(path, **{"encoder/w": np.zeros(2), "decoder/w": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"missing \d+ parameter\(s\).*the checkpoint has 2 "
+                                         r"entries, e.g. \['decoder/w', 'encoder/w'\]"):
+        vit.load_pretrained(path, _model())

@@ -116,7 +116,8 @@ def _check_logit_options(options: Any) -> None:
 def load_teacher_params(path: str, model: vit.VisionTransformer) -> Any:
     """A teacher's parameters from a workdir (its newest orbax checkpoint) or an ``.npz``."""
     if path.endswith(".npz"):
-        return vit.load_pretrained(path, model)
+        # A frozen teacher must bring its own head: a fresh one would make it uniform.
+        return vit.load_pretrained(path, model, allow_new_head=False)
     if os.path.isdir(os.path.join(path, "checkpoints")):
         from trainer.checkpointing import restore_params
 
