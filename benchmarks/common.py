@@ -39,8 +39,13 @@ def timed_calls(function: Callable[[], Any], repeats: int, warmup: int = 1) -> d
             "system_cpu_s": (after.ru_stime - before.ru_stime) / repeats}
 
 
-def environment() -> dict[str, Any]:
+def environment(compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The machine and software of a run. ``compiler_options``: the XLA options its steps were
+    compiled with (``benchmarks.vit_steps.training_step``'s ``compiler_options``; ``{}`` for
+    XLA's defaults); by default the launcher's (``trainer.xla_cpu``)."""
     device = jax.devices()[0]
+    if compiler_options is None:
+        compiler_options = xla_cpu.compiler_options()
     return {
         "date": time.strftime("%Y-%m-%d"),
         "jax": jax.__version__,
@@ -51,8 +56,8 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         # trainer.host_memory's restart sets glibc.malloc.hugetlb=1 here.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        # What the launcher's (and the benchmarks') steps are compiled with.
-        "xla_compiler_options": xla_cpu.compiler_options(),
+        # What the run's steps were compiled with.
+        "xla_compiler_options": dict(compiler_options),
     }
 
 
@@ -65,7 +70,7 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(_fmt(r.get(c))) for r in rows)]) for c in columns]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:

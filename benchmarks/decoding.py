@@ -135,9 +135,14 @@ def main(argv):
                        "ms_per_token_step"]))
     print()
     print(table(ratios, ["config", "strategy", "variant", "lengths", "per_step_time_ratio"]))
-    write_json(FLAGS.out, {"environment": environment(), "batch_size": FLAGS.batch_size,
+    # The decoders are jitted without compiler options: XLA's defaults, not the launcher's.
+    write_json(FLAGS.out, {"environment": environment(compiler_options={}),
+                           "batch_size": FLAGS.batch_size,
                            "source_length": FLAGS.source_length, "results": rows,
-                           "scaling": ratios})
+                           "scaling": ratios,
+                           "command_flags": {k: getattr(FLAGS, k) for k in (
+                               "configs", "lengths", "strategies", "batch_size",
+                               "source_length", "vocab_size", "repeats", "no_cache")}})
 
 
 if __name__ == "__main__":

@@ -17,10 +17,23 @@ from benchmarks.common import table
 from benchmarks.step_matmuls import MATMUL_COLUMNS, matmuls_alone_summary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = {
-    "decoding": "python -m benchmarks.decoding --configs=tiny,base --lengths=16,32,64 "
-                "--batch_size=4 --repeats=3 --out=benchmarks/results/decoding_cpu.json",
-}
+# decoding_cpu.json (2026-11-25) was written before benchmarks.decoding saved its flags; this
+# report named this command for it from the start. It stands for that file only, and only
+# while the file agrees with it; any other decoding file names the command its flags give.
+DECODING_CPU_COMMAND = ("python -m benchmarks.decoding --configs=tiny,base --lengths=16,32,64 "
+                        "--batch_size=4 --repeats=3 --out=benchmarks/results/decoding_cpu.json")
+
+
+def _decoding_command(name: str, payload: dict) -> str:
+    if "command_flags" in payload:
+        return f"`{_command('decoding', payload, name)}`"
+    rows = payload["results"]
+    if (name == "decoding_cpu" and payload["batch_size"] == 4
+            and payload["source_length"] == 32
+            and {r["config"] for r in rows} == {"tiny", "base"}
+            and {r["length"] for r in rows} == {16, 32, 64}):
+        return f"`{DECODING_CPU_COMMAND}`"
+    return "not recorded (this file has no command_flags)"
 
 
 def decoding_section(name: str, payload: dict) -> str:
@@ -29,7 +42,7 @@ def decoding_section(name: str, payload: dict) -> str:
     lines = [
         f"## Decoding speed ({name})",
         "",
-        f"Command: `{COMMANDS['decoding']}`  ",
+        f"Command: {_decoding_command(name, payload)}  ",
         f"Measured {env['date']} on {env['device_kind']} ({env['backend']}, "
         f"{env['cpu_count']} CPU cores, jax {env['jax']}); batch {payload['batch_size']}, "
         f"source length {payload['source_length']}.",
@@ -69,12 +82,16 @@ def _command(module: str, payload: dict, out: str, python: str = "python") -> st
 
 def _measured(env: dict) -> str:
     tunables = env.get("glibc_tunables")
-    options = env.get("xla_compiler_options")
+    options = env.get("xla_compiler_options")  # absent: not recorded; {}: XLA's defaults
+    if options:
+        compiled = ", steps compiled with " + " ".join(f"{k}={v}" for k, v in options.items())
+    elif options is not None:
+        compiled = ", steps compiled with XLA's default options"
+    else:
+        compiled = ""
     return (f"Measured {env['date']} on {env['device_kind']} ({env['backend']}, "
             f"{env['cpu_count']} CPU cores, jax {env['jax']}"
-            + (f", GLIBC_TUNABLES={tunables}" if tunables else "")
-            + (", steps compiled with " + " ".join(f"{k}={v}" for k, v in options.items())
-               if options else "") + ").")
+            + (f", GLIBC_TUNABLES={tunables}" if tunables else "") + compiled + ").")
 
 
 def _section(title: str, command: str, measured: str, rows: list, columns: list) -> str:
@@ -142,13 +159,18 @@ def memory_section(name: str, payload: dict) -> str:
 
 def profile_section(name: str, payload: dict) -> str:
     flags = payload["command_flags"]
+    env = payload["environment"]
+    if flags.get("xla_defaults"):
+        # Older files recorded the launcher's options whatever the step was compiled with;
+        # under --xla_defaults it was compiled with XLA's defaults.
+        env = dict(env, xla_compiler_options={})
     summary = (
         f"{flags['model']}, batch {flags['batch_size']}, {flags['precision']}: step "
         f"{payload['step_seconds']:.2f} s, some op running {payload['busy_seconds']:.2f} s, "
         f"op time summed {payload['op_seconds']:.2f} s (concurrent ops overlap); "
         f"{payload['page_faults']:.0f} page faults and {payload['system_cpu_s']:.2f} s of "
         "kernel CPU per step.")
-    if payload["environment"].get("xla_compiler_options") and not flags.get("xla_defaults"):
+    if env.get("xla_compiler_options"):
         summary += (" Matmuls ran in Eigen (launcher's options), which finishes them on its "
                     "own threads after their op events end: the matmul row undercounts, and "
                     f"{payload['step_seconds'] - payload['busy_seconds']:.2f} s of the step "
@@ -156,7 +178,7 @@ def profile_section(name: str, payload: dict) -> str:
     kinds = [dict(r, share=f"{r['share']:.1%}") for r in payload["kinds"]]
     lines = [_section(f"Where a training step's time goes ({name})",
                       _command("vit_profile", payload, name),
-                      _measured(payload["environment"]) + " " + summary,
+                      _measured(env) + " " + summary,
                       kinds, ["kind", "op_seconds", "share"]),
              "```", table(payload["top_ops"], ["kind", "op_seconds", "place"]), "```", ""]
     if "matmuls_alone" in payload:
@@ -177,12 +199,17 @@ def compiler_options_section(name: str, payload: dict) -> str:
                  train_gflops=r.get("train_flops", 0) / 1e9)  # absent before 2026-11-30
             for r in payload["results"]]
     speedup = next(k for k in rows[0] if k.startswith("speedup_over_"))
+    # The environment records the launcher's options; each variant's own are in its row.
+    options = [r["options"] for r in payload["results"]]
+    env = dict(payload["environment"], xla_compiler_options=options[0])
+    if any(o != options[0] for o in options):
+        del env["xla_compiler_options"]  # the options column says them
     of_model = bool(payload["command_flags"].get("model_variants"))
     return _section(
         f"{'Model switches' if of_model else 'XLA compiler options'}, A/B in one process "
         f"({name})",
         _command("compiler_options_ab", payload, name),
-        _measured(payload["environment"]) + " Each variant compiled and timed twice (copies a "
+        _measured(env) + " Each variant compiled and timed twice (copies a "
         "and b, alternating rounds; medians): copies of one variant that differ show the "
         "noise.", rows, ["variant", "copy", "step_seconds", "examples_per_sec", speedup,
                          *(["train_gflops", "model_overrides"] if of_model else ["options"])])

@@ -69,7 +69,8 @@ def main(argv):
         result["matmuls_alone"] = matmuls_alone(built, FLAGS.precision)
         print(matmuls_alone_summary(result["matmuls_alone"], result["step_seconds"]))
         print(table(result["matmuls_alone"]["rows"][:FLAGS.top], MATMUL_COLUMNS))
-    write_json(FLAGS.out, {"environment": environment(), **result,
+    # The options the step was compiled with: XLA's defaults ({}) under --xla_defaults.
+    write_json(FLAGS.out, {"environment": environment(built["compiler_options"]), **result,
                            "command_flags": {k: getattr(FLAGS, k) for k in (
                                "model", "batch_size", "image_size", "precision", "top",
                                "xla_defaults", "attention", "time_matmuls")}})

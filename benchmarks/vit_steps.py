@@ -28,6 +28,29 @@ def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
     return int(total), "XLA memory analysis of the step"
 
 
+def _jitted_step_and_forward(model: vit.VisionTransformer, tx: optax.GradientTransformation,
+                             options: dict[str, Any]) -> tuple[Any, Any]:
+    """``(step(params, opt_state, images, labels) -> (params, opt_state), forward(params,
+    images) -> logits)``, jitted with ``options``."""
+
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    # The batch is an argument, as in the launcher's step and timm's: closed over, it would be
+    # a constant that XLA folds into the program (the patch embedding's reshapes computed at
+    # compile time, 154 MB of images in the executable for ViT-B/16 at batch 256).
+    def train_step(p, state, x, y):
+        grads = jax.grad(loss_fn)(p, x, y)
+        updates, state = tx.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    step = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False),
+                      compiler_options=options)
+    return step, forward
+
+
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
                   attention: str = "xla",
                   compiler_options: dict[str, Any] | None = None,
@@ -44,35 +67,36 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     launcher's (trainer.xla_cpu); ``model_overrides`` are ``vit.VisionTransformer`` fields.
     """
     dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    model = vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
-                             attention_implementation=attention, **(model_overrides or {}))
+    overrides = dict(model_overrides or {})
+
+    def create(fields):
+        return vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
+                                attention_implementation=attention, **fields)
+
+    model = create(overrides)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
     tx = optax.adamw(1e-3, weight_decay=0.05)
     opt_state = tx.init(params)
-
-    def loss_fn(p, x, y):
-        logits = model.apply({"params": p}, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    # The batch is an argument, as in the launcher's step and timm's: closed over, it would be
-    # a constant that XLA folds into the program (the patch embedding's reshapes computed at
-    # compile time, 154 MB of images in the executable for ViT-B/16 at batch 256).
-    def train_step(p, state, x, y):
-        grads = jax.grad(loss_fn)(p, x, y)
-        updates, state = tx.update(grads, state, p)
-        return optax.apply_updates(p, updates), state
-
     # By default the launcher's compiler options (trainer.xla_cpu): the launcher's figures.
     options = xla_cpu.compiler_options() if compiler_options is None else compiler_options
-    step_jit = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
-    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False),
-                      compiler_options=options)
-    # The launcher's count (trainer.throughput): the lowered program's FLOPs.
-    train_flops, infer_flops = (lowered_flops(step_jit, params, opt_state, images, labels),
-                                lowered_flops(forward, params, images))
+    step_jit, forward = _jitted_step_and_forward(model, tx, options)
+    # The launcher's count (trainer.throughput): the lowered program's FLOPs, of the same
+    # model without a scanned stack or rematerialisation (a loop's body is counted once,
+    # recomputation is not model arithmetic), as the launcher counts them.
+    plain = {k: v for k, v in overrides.items() if k not in ("scan_layers", "remat_policy")}
+    counted_step, counted_forward = step_jit, forward
+    counted_params, counted_opt_state = params, opt_state
+    if plain != overrides:
+        counting_model = create(plain)
+        counted_params = jax.eval_shape(counting_model.init, jax.random.key(0),
+                                        images[:1])["params"]
+        counted_opt_state = jax.eval_shape(tx.init, counted_params)
+        counted_step, counted_forward = _jitted_step_and_forward(counting_model, tx, options)
+    train_flops = lowered_flops(counted_step, counted_params, counted_opt_state, images, labels)
+    infer_flops = lowered_flops(counted_forward, counted_params, images)
     lowered_step = step_jit.lower(params, opt_state, images, labels)
     step = lowered_step.compile()
     holder = {"params": params, "opt_state": opt_state}

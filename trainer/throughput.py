@@ -33,18 +33,86 @@ PEAK_TFLOPS = {
 }
 
 
+class LoopInProgramError(ValueError):
+    """The program has a loop, whose body XLA's cost analysis counts once."""
+
+
 def lowered_flops(jitted: Any, *args: Any) -> float:
     """FLOPs of one call of ``jitted(*args)`` (all devices together), from XLA's cost analysis
     of the lowered program, plus those of cuDNN's fused attention calls in it (XLA counts none
-    for a custom call: ``cudnn_attention_flops``); 0.0 where no analysis is available."""
-    lowered = jitted.lower(*args)
+    for a custom call: ``cudnn_attention_flops``); 0.0 where no analysis is available.
+
+    ``args`` may be arrays or ``jax.ShapeDtypeStruct``s. Raises ``LoopInProgramError`` for a
+    program with a loop (a scanned layer stack, gradient accumulation): the cost analysis
+    counts a loop's body once, not once per iteration, so the count would be a fraction of
+    the work; count the loop-free equivalent instead (``counting_config``).
+    """
+    traced = jitted.trace(*args)
+    if _loops_over_matmuls(traced.jaxpr.jaxpr):
+        raise LoopInProgramError(
+            "the program runs matmuls in a loop (a scan or while loop): XLA's cost analysis "
+            "counts a loop's body once, so its FLOPs would be undercounted; count a loop-free "
+            "equivalent (no scan_layers, accum_steps=1)")
+    lowered = traced.lower()
+    text = lowered.as_text()
     analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
         analysis = analysis[0] if analysis else None
     if analysis is None:
         analysis = _cost_analysis_by_cpu_client(lowered)
     flops = float(analysis.get("flops", 0.0)) if analysis else 0.0
-    return flops + cudnn_attention_flops(lowered.as_text())
+    return flops + cudnn_attention_flops(text)
+
+
+_LOOPS = ("scan", "while")
+_MATMULS = ("dot_general", "conv_general_dilated")
+
+
+def _sub_jaxprs(eqn: Any):
+    """The jaxprs in an equation's parameters (loop bodies, branches, nested jits)."""
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds a Jaxpr
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _has_matmul(jaxpr: Any) -> bool:
+    return any(eqn.primitive.name in _MATMULS or any(map(_has_matmul, _sub_jaxprs(eqn)))
+               for eqn in jaxpr.eqns)
+
+
+def _loops_over_matmuls(jaxpr: Any) -> bool:
+    """Whether a scan or while loop runs a matmul: the loops of random-number generation
+    (threefry's rounds, gamma sampling for mixup) hold none and do not matter to MFU."""
+    for eqn in jaxpr.eqns:
+        subs = list(_sub_jaxprs(eqn))
+        if eqn.primitive.name in _LOOPS and any(map(_has_matmul, subs)):
+            return True
+        if any(map(_loops_over_matmuls, subs)):
+            return True
+    return False
+
+
+# How the step schedules the model's arithmetic, not what it computes: a scanned stack and
+# gradient accumulation are loops (counted once by the cost analysis), rematerialisation adds
+# recomputation that MFU does not count. The FLOPs of a step are those of the same step with
+# these at their plain values.
+SCHEDULING_FIELDS = (("model", "scan_layers", False), ("model", "remat_policy", "none"),
+                     ("optimizer", "accum_steps", 1))
+
+
+def counting_config(config: Any) -> Any | None:
+    """``config`` with ``SCHEDULING_FIELDS`` at their plain values, whose step does the same
+    model arithmetic without loops or recomputation; None when ``config`` is already so."""
+    changes = [(section, name, plain) for section, name, plain in SCHEDULING_FIELDS
+               if section in config and config[section].get(name, plain) != plain]
+    if not changes:
+        return None
+    counting = config.copy_and_resolve_references()
+    for section, name, plain in changes:
+        counting[section][name] = plain
+    return counting
 
 
 def _cost_analysis_by_cpu_client(lowered: Any) -> dict[str, float] | None:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from benchmarks.report import profile_section
 from benchmarks.step_profile import KINDS, _op_events, hlo_computations, op_kind
 from tests.benchmarks.runner import run_benchmark
 
@@ -73,3 +74,17 @@ def test_vit_profile_benchmark_runs(tmp_path):
     assert alone["matmul_only_mfu"] == pytest.approx(
         alone["step_flops"] / alone["seconds"] / alone["peak_flops"])
     assert alone["flops"] <= alone["step_flops"]  # the dots are part of XLA's count
+
+
+@pytest.mark.slow
+def test_vit_profile_with_xla_defaults_and_no_top_ops(tmp_path):
+    # --xla_defaults: the step is compiled with XLA's defaults and the file says so, and the
+    # report renders it so; --top=0: no op listed, an empty table printed.
+    payload = run_benchmark(tmp_path, "vit_profile", "--model=ViT-micro", "--batch_size=2",
+                            "--image_size=32", "--top=0", "--xla_defaults",
+                            "--notime_matmuls", timeout=300)
+    assert payload["environment"]["xla_compiler_options"] == {}
+    assert payload["top_ops"] == [] and payload["kinds"]
+    section = profile_section("vit_profile_micro", payload)
+    assert "steps compiled with XLA's default options" in section.splitlines()[3]
+    assert "LIBRARY_FUSION_TYPE_REDUCE" not in section

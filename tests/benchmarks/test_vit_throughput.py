@@ -55,3 +55,14 @@ def test_fused_attention_calls_are_counted_in_the_compiled_programs():
     else:
         assert built["infer_fused_attention_calls"] == 0
         assert built["train_fused_attention_calls"] == 0
+
+
+def test_a_scanned_or_rematerialised_model_counts_the_plain_models_flops():
+    """A scanned stack's layer is one loop body (counted once by XLA's cost analysis), and
+    remat adds recomputation: both are counted as the plain model, as in the launcher."""
+    plain = training_step("ViT-micro", batch_size=2, image_size=32, precision="float32")
+    for overrides in ({"scan_layers": True}, {"remat_policy": "full"}):
+        built = training_step("ViT-micro", batch_size=2, image_size=32, precision="float32",
+                              model_overrides=overrides)
+        assert built["train_flops"] == plain["train_flops"] > 0, overrides
+        assert built["infer_flops"] == plain["infer_flops"] > 0, overrides
