@@ -6,8 +6,11 @@ Command:
   (argument: cifar10, cifar100, oxford_iiit_pet or oxford_flowers102)
 
 Recipe (vision_transformer's fine-tuning defaults): SGD momentum 0.9, global-norm clipping 1,
-batch 512, warmup then cosine, no weight decay, images resized to 384 px (position embeddings
-interpolated from 224), new zero-initialised head.
+batch 512, warmup then cosine, no weight decay, 384 px images (position embeddings
+interpolated from 224), new zero-initialised head. Training images: an Inception-style random
+crop of 5-100% of the area (``sample_distorted_bounding_box`` with ``area_range=(0.05, 1.0)``
+in vit_jax/input_pipeline.py) resized to 384, a random flip, values in [-1, 1]; evaluation
+images are resized to 384.
 Expected result: google-research/vision_transformer's README reports ViT-B/16 pretrained on
 ImageNet-21k reaching 98.6% on CIFAR-10 after 500 fine-tuning steps.
 Hardware: one GPU/TPU host (minutes on a TPU v3-8). Checkpoints: gs://vit_models/imagenet21k/.
@@ -35,7 +38,7 @@ def get_config(arg: str | None = "cifar10"):
     config.model = vit_model("ViT-B_16", num_classes=num_classes, image_size=384)
     config.dataset.name = dataset
     config.dataset.eval_split = eval_split
-    config.pp_train = "decode|resize(384)|flip_lr|value_range(-1,1)"
+    config.pp_train = "decode|inception_crop(384,5,100)|flip_lr|value_range(-1,1)"
     config.pp_eval = "decode|resize(384)|value_range(-1,1)"
     config.batch_size = 512
     config.eval_batch_size = 512

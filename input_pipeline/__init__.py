@@ -9,12 +9,12 @@ from input_pipeline.loader import make_eval_batches, make_train_loader
 from input_pipeline.mixup import mixup_cutmix
 from input_pipeline.partial_labels import PartiallyLabelled
 from input_pipeline.preprocess import OPS as PREPROCESS_OPS
-from input_pipeline.preprocess import parse_preprocess
+from input_pipeline.preprocess import Keep, parse_preprocess
 from input_pipeline.synthetic_seq2seq import SYNTHETIC_TASKS, Seq2SeqTaskSource
 
 __all__ = [
-    "DatasetNotFoundError", "Digits", "PREPROCESS_OPS", "PartiallyLabelled", "SYNTHETIC_TASKS",
-    "Seq2SeqTaskSource",
+    "DatasetNotFoundError", "Digits", "Keep", "PREPROCESS_OPS", "PartiallyLabelled",
+    "SYNTHETIC_TASKS", "Seq2SeqTaskSource",
     "get_source", "make_eval_batches", "make_train_loader", "mixup_cutmix", "parse_preprocess",
     "prepare_digits",
 ]

@@ -58,6 +58,7 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
     - ``"synthetic/<task>"``: ``Seq2SeqTaskSource(task, split, **kwargs)``.
     - any other name: ``tfds.data_source(name, split=split, data_dir=data_dir)``, which must
       already be prepared as ArrayRecord; otherwise ``DatasetNotFoundError`` says how.
+      ``split`` is any TFDS split expression (``"train[:10%]"``, ``"train+test"``).
     """
     if name == "stdlib_docstrings":
         return docstrings.DocstringSentences(split, **kwargs)
@@ -83,10 +84,14 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
         raise DatasetNotFoundError(
             f"dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}; "
             "grain needs random access: rebuild it with --file_format=array_record")
-    if split not in builder.info.splits and split.split("[")[0] not in builder.info.splits:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
-                         f"{sorted(builder.info.splits)}")
-    source = builder.as_data_source(split=split)
+    # TFDS parses the split expression ("train[:10%]+test", ...) and reads nothing until
+    # indexed; len() resolves the slices, which an empty range ("train[5:2]") fails.
+    try:
+        source = builder.as_data_source(split=split)
+        len(source)
+    except ValueError as error:
+        raise ValueError(f"dataset {name!r} has no split {split!r} (TFDS: {error}); its "
+                         f"splits are {sorted(builder.info.splits)}") from error
     if name == "digits":
         # 1,797 images of 8x8: decoded once. TFDS decodes a record per read (0.35 ms here),
         # which made the input, not the model, the bottleneck of the demo's steps.

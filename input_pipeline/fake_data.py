@@ -53,7 +53,11 @@ def random_example(feature: Any, rng: np.random.Generator) -> Any:
     if isinstance(feature, features.Translation):
         return {language: _sentence(rng) for language in feature.languages}
     if isinstance(feature, features.Image):
-        height, width, channels = (d if d is not None else 32 for d in feature.shape)
+        # Unknown sizes vary per example, as in the real datasets (ImageNet, the Oxford sets),
+        # so that pipelines which forget to resize, or batch a variable-size feature such as
+        # a segmentation mask, fail on the fake data too.
+        height, width, channels = (d if d is not None else int(rng.integers(24, 41))
+                                   for d in feature.shape)
         return rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
     if isinstance(feature, features.ClassLabel):
         return int(rng.integers(0, feature.num_classes))

@@ -39,6 +39,18 @@ class EpochShuffle(grain.MapDataset):
         self._permutations: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # grain's prefetch threads read concurrently
 
+    def __getstate__(self) -> dict[str, Any]:
+        # grain pickles the pipeline into each worker process (worker_count > 0): a lock
+        # cannot be pickled, and the cached permutations are cheap to recompute there.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_permutations"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return sys.maxsize
 
@@ -94,6 +106,35 @@ class _TrimPadding(grain.transforms.Map):
                 for k, v in example.items()}
 
 
+# Batches read ahead by each process. The elements grain prefetches here are whole batches
+# (batching happens before ``to_iter_dataset``), and grain's default read-ahead of 500
+# elements, sized for single examples of 1-10 KiB, would hold 500 batches per host: about
+# 290 GiB for configs/vit_imagenet.py's 1024 float32 224 px images on one host. A few batches
+# keep the accelerator fed while bounding host memory.
+READ_AHEAD_BATCHES = 4
+
+
+def _batch_read_options(worker_count: int) -> grain.ReadOptions:
+    """One thread per batch read ahead: a thread computes a whole batch, so threads beyond the
+    buffer would idle. With worker processes the parallelism is theirs; each then reads one
+    batch ahead (plus grain's per-worker output buffer of one), so host memory stays at about
+    ``2 * worker_count`` batches."""
+    ahead = READ_AHEAD_BATCHES if worker_count == 0 else 1
+    return grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead)
+
+
+def _check_flags_parsed(worker_count: int) -> None:
+    """grain's worker processes read absl flags; unparsed, the first batch fails deep inside
+    grain with UnparsedFlagAccessError, so say here what to do."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        raise ValueError(
+            f"worker_count={worker_count} starts grain worker processes, which read absl "
+            "flags, but they are not parsed: run under absl.app.run (as trainer.main does) "
+            "or call absl.flags.FLAGS.mark_as_parsed() first, or use worker_count=0")
+
+
 def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequence[Any] = (),
                       seed: int = 0, process_index: int = 0, process_count: int = 1,
                       worker_count: int = 0, pack_length: int | None = None,
@@ -106,7 +147,8 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     (seeded per example), are therefore the same whatever the number of hosts: one process
     with 8 devices trains exactly like 2 processes with 4. ``worker_count > 0`` moves the
     transforms to that many processes. Returns a grain ``IterDataset``; ``iter()`` of it is
-    the checkpointable iterator.
+    the checkpointable iterator. Each process reads at most ``READ_AHEAD_BATCHES`` batches
+    ahead of the consumer (one with worker processes).
 
     ``pack_length``: sequences (``pack_keys``, zero-padded) are packed into rows of that many
     tokens with grain's first-fit packing, which adds ``<key>_segment_ids`` and
@@ -127,8 +169,10 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     else:
         # Lazy: a host only reads and transforms the examples of its own slices.
         dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
-        iterable = dataset[process_index::process_count].to_iter_dataset()
+        iterable = dataset[process_index::process_count].to_iter_dataset(
+            _batch_read_options(worker_count))
     if worker_count > 0:
+        _check_flags_parsed(worker_count)
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iterable
 

@@ -8,6 +8,7 @@ iterator checkpoints and multi-host sharding all work as for a plain split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,17 @@ class PartiallyLabelled:
     example's ``label`` is replaced by 0, so nothing downstream can learn from a label the
     setting says is unknown; it is added when the unlabelled source has none.
 
+    Only ``keys`` (and ``label_weight``) are kept: TFDS examples also carry strings
+    (``file_name``, ``id``) that JAX cannot hold and variable-size arrays
+    (``segmentation_mask``) that cannot be batched, and distillation's iterator runs only the
+    preprocessing string between this source and the batcher. ``keys=None`` keeps every key.
+
     The two sources must be disjoint (e.g. TFDS splits ``train[:10%]`` and ``train[10%:]``);
     that is the caller's promise, as it cannot be checked from the examples.
     """
 
-    def __init__(self, labelled: Any, unlabelled: Any) -> None:
+    def __init__(self, labelled: Any, unlabelled: Any,
+                 keys: Sequence[str] | None = ("image", "label")) -> None:
         if len(labelled) == 0:
             raise ValueError("the labelled source is empty: a partially labelled training set "
                              "needs at least one labelled example")
@@ -35,6 +42,10 @@ class PartiallyLabelled:
         if "label" not in first:
             raise ValueError(f"labelled examples need a 'label'; got keys {sorted(first)}")
         self._label_dtype = np.asarray(first["label"]).dtype
+        if keys is not None and "label" not in keys:
+            raise ValueError(f"keys={tuple(keys)} must include 'label' (it is kept, or "
+                             "replaced by 0, for every example)")
+        self.keys = None if keys is None else tuple(keys)
 
     def __len__(self) -> int:
         return len(self.labelled) + len(self.unlabelled)
@@ -50,7 +61,13 @@ class PartiallyLabelled:
             example = dict(self.unlabelled[index - len(self.labelled)])
             example["label"] = np.zeros((), self._label_dtype)
             example["label_weight"] = np.float32(0.0)
-        return example
+        if self.keys is None:
+            return example
+        missing = [k for k in self.keys if k not in example]
+        if missing:
+            raise ValueError(f"example {index} has no {missing} (keys={self.keys}); it has "
+                             f"keys {sorted(example)}")
+        return {k: example[k] for k in (*self.keys, "label_weight")}
 
     def __repr__(self) -> str:
         return (f"PartiallyLabelled({len(self.labelled)} labelled, "

@@ -2,9 +2,10 @@
 
 ``parse_preprocess("decode|inception_crop(224)|flip_lr|value_range(-1,1)")`` returns the
 transforms in order. Each op maps an example dict (``image`` uint8 ``[H, W, C]`` from
-TFDS, other keys passed through) and ends with float32 images once ``value_range`` or
-``normalize`` ran. Random ops are ``grain.transforms.RandomMap`` and draw from the
-``np.random.Generator`` grain gives them, so they are reproducible from the loader's seed.
+TFDS, other keys passed through, except by ``keep(...)``) and ends with float32 images once
+``value_range`` or ``normalize`` ran. Op arguments are checked when the string is parsed.
+Random ops are ``grain.transforms.RandomMap`` and draw from the ``np.random.Generator`` grain
+gives them, so they are reproducible from the loader's seed.
 """
 
 from __future__ import annotations
@@ -71,6 +72,23 @@ class _ImageRandomMap(grain.transforms.RandomMap):
         return self.name
 
 
+# ----------------------------------------------------------------------------- arguments
+# Checked when the string is parsed, so a bad argument fails before any data is read (not
+# inside a loader thread, or silently as a wrong crop), naming the op and the argument.
+def _positive_int(op: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"preprocessing op {op}: {name}={value!r} must be a positive integer "
+                         "(pixels)")
+    return int(value)
+
+
+def _number(op: str, name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)):
+        raise ValueError(f"preprocessing op {op}: {name}={value!r} must be a finite number")
+    return float(value)
+
+
 # ----------------------------------------------------------------------------- ops
 def decode() -> grain.transforms.Map:
     """Encoded bytes (PNG/JPEG) -> uint8 ``[H, W, C]``; arrays pass through unchanged."""
@@ -84,13 +102,15 @@ def decode() -> grain.transforms.Map:
 
 
 def resize(height: int, width: int | None = None) -> grain.transforms.Map:
-    """Bilinear resize to ``[height, width]``."""
-    width = width or height
+    """Bilinear resize to ``[height, width]`` (``width`` defaults to ``height``)."""
+    height = _positive_int("resize", "height", height)
+    width = _positive_int("resize", "width", width if width is not None else height)
     return _ImageMap(lambda image: _resize(image, height, width), f"resize({height},{width})")
 
 
 def resize_small(size: int) -> grain.transforms.Map:
     """Resize so the shorter side is ``size``, keeping the aspect ratio."""
+    size = _positive_int("resize_small", "size", size)
 
     def fn(image):
         height, width = image.shape[:2]
@@ -101,7 +121,9 @@ def resize_small(size: int) -> grain.transforms.Map:
 
 
 def central_crop(height: int, width: int | None = None) -> grain.transforms.Map:
-    width = width or height
+    """The central ``[height, width]`` window (``width`` defaults to ``height``)."""
+    height = _positive_int("central_crop", "height", height)
+    width = _positive_int("central_crop", "width", width if width is not None else height)
 
     def fn(image):
         top = (image.shape[0] - height) // 2
@@ -118,6 +140,17 @@ def inception_crop(size: int, area_min: float = 5,
                    area_max: float = 100) -> grain.transforms.RandomMap:
     """Random crop of 5–100% of the area (percent), aspect ratio 3/4–4/3, resized to
     ``size`` (the "Inception" random-resized crop of Szegedy et al., 2015)."""
+    size = _positive_int("inception_crop", "size", size)
+    area_min = _number("inception_crop", "area_min", area_min)
+    area_max = _number("inception_crop", "area_max", area_max)
+    # timm/torchvision give the range as fractions, scale=(0.08, 1.0): read as percent, that
+    # crops 0.08-1% of the image and trains on almost nothing, so area_max <= 1 is refused.
+    if not (0 < area_min <= area_max <= 100 and area_max > 1):
+        hint = (": they are percent of the image area, so fractions such as 0.08, 1.0 are "
+                "written 8, 100" if area_max <= 1 else "")
+        raise ValueError(f"preprocessing op inception_crop: area_min={area_min:g}, "
+                         f"area_max={area_max:g} must satisfy 0 < area_min <= area_max <= 100 "
+                         f"and area_max > 1{hint}")
 
     def fn(image, rng):
         height, width = image.shape[:2]
@@ -138,10 +171,17 @@ def inception_crop(size: int, area_min: float = 5,
 
 def random_crop(size: int, padding: int = 0) -> grain.transforms.RandomMap:
     """Zero-pad by ``padding`` then crop ``size`` at a random place (CIFAR-style)."""
+    size = _positive_int("random_crop", "size", size)
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"preprocessing op random_crop: padding={padding!r} must be an "
+                         "integer >= 0 (pixels)")
 
     def fn(image, rng):
         if padding:
             image = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+        if size > min(image.shape[:2]):
+            raise ValueError(f"preprocessing op random_crop({size},{padding}): size={size} "
+                             f"is larger than the padded image {image.shape[:2]}")
         top = int(rng.integers(0, image.shape[0] - size + 1))
         left = int(rng.integers(0, image.shape[1] - size + 1))
         return image[top:top + size, left:left + size]
@@ -157,6 +197,10 @@ def flip_lr() -> grain.transforms.RandomMap:
 
 def value_range(low: float, high: float) -> grain.transforms.Map:
     """0..255 -> ``[low, high]``, float32."""
+    low, high = _number("value_range", "low", low), _number("value_range", "high", high)
+    if not low < high:
+        raise ValueError(f"preprocessing op value_range: low={low:g}, high={high:g}: expected "
+                         "low < high")
     return _ImageMap(
         lambda image: (np.asarray(image, np.float32) / 255.0 * (high - low) + low),
         f"value_range({low},{high})")
@@ -164,20 +208,58 @@ def value_range(low: float, high: float) -> grain.transforms.Map:
 
 def normalize(*mean_then_std: float) -> grain.transforms.Map:
     """0..255 -> (x/255 - mean) / std per channel, float32; give C means then C stds."""
-    if len(mean_then_std) % 2:
-        raise ValueError(f"normalize needs as many stds as means; got {mean_then_std}")
-    half = len(mean_then_std) // 2
-    mean = np.array(mean_then_std[:half], np.float32)
-    std = np.array(mean_then_std[half:], np.float32)
+    if not mean_then_std or len(mean_then_std) % 2:
+        raise ValueError(f"preprocessing op normalize: got {len(mean_then_std)} arguments "
+                         f"{mean_then_std}; expected C means then C stds (an even number > 0)")
+    values = [_number("normalize", "argument", v) for v in mean_then_std]
+    half = len(values) // 2
+    mean = np.array(values[:half], np.float32)
+    std = np.array(values[half:], np.float32)
+    if np.any(std <= 0):
+        raise ValueError(f"preprocessing op normalize: stds={values[half:]} must all be > 0 "
+                         "(the last half of the arguments)")
     return _ImageMap(lambda image: (np.asarray(image, np.float32) / 255.0 - mean) / std,
                      f"normalize({mean_then_std})")
 
 
 def randaugment_op(num_layers: int = 2, magnitude: float = 9) -> grain.transforms.RandomMap:
     """RandAugment (Cubuk et al., 2020) on uint8 images; see ``input_pipeline.randaugment``."""
+    if (isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer))
+            or num_layers < 0):
+        raise ValueError(f"preprocessing op randaugment: num_layers={num_layers!r} must be an "
+                         "integer >= 0")
+    magnitude = _number("randaugment", "magnitude", magnitude)
+    if not 0 <= magnitude <= randaugment.MAX_MAGNITUDE:
+        raise ValueError(f"preprocessing op randaugment: magnitude={magnitude:g} must be in "
+                         f"[0, {randaugment.MAX_MAGNITUDE:g}]")
     return _ImageRandomMap(
         lambda image, rng: randaugment.apply(image, rng, num_layers, magnitude),
         f"randaugment({num_layers},{magnitude})")
+
+
+class Keep(grain.transforms.Map):
+    """Only ``keys`` of each example, each of which must be present.
+
+    TFDS examples carry features a task never reads: strings (cifar10's ``id``, ImageNet's
+    ``file_name``), which JAX cannot hold, and variable-size arrays (a pet's
+    ``segmentation_mask``), which cannot be stacked into a batch. Put last, before batching.
+    """
+
+    def __init__(self, *keys: str) -> None:
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ValueError(f"preprocessing op keep: keys={keys!r} must be one or more "
+                             "non-empty strings")
+        self.keys = keys
+
+    def map(self, example: Example) -> Example:
+        missing = [k for k in self.keys if k not in example]
+        if missing:
+            raise ValueError(f"preprocessing op keep: the example has no {missing}; it has "
+                             f"keys {sorted(example)}")
+        return {k: example[k] for k in self.keys}
+
+    def __repr__(self) -> str:
+        return f"keep{self.keys}"
 
 
 OPS: dict[str, Callable[..., Any]] = {
@@ -191,6 +273,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "value_range": value_range,
     "normalize": normalize,
     "randaugment": randaugment_op,
+    "keep": Keep,
 }
 
 

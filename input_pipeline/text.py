@@ -120,12 +120,14 @@ class TokenizeTranslation(grain.transforms.Map):
 
 
 def bucket_by_length(examples: Iterable[dict[str, np.ndarray]], bucket_boundaries: Sequence[int],
-                     batch_sizes: Sequence[int], key: str = "inputs"
-                     ) -> Iterator[dict[str, np.ndarray]]:
+                     batch_sizes: Sequence[int]) -> Iterator[dict[str, np.ndarray]]:
     """Batches examples of similar length together, each bucket trimmed to its boundary.
 
-    ``batch_sizes[i]`` examples of length ``<= bucket_boundaries[i]`` form one batch (pick
-    sizes so that every bucket holds about the same number of tokens: batching by token
+    An example's length is that of its longest sequence (every key, e.g. ``inputs`` and
+    ``targets``, zero-padded at the end): every key of a batch is trimmed to the bucket's
+    boundary, so a bucket chosen by one key alone would cut a longer other key, its EOS
+    included. ``batch_sizes[i]`` examples of length ``<= bucket_boundaries[i]`` form one batch
+    (pick sizes so that every bucket holds about the same number of tokens: batching by token
     count). Partial buckets are flushed at the end.
     """
     if len(batch_sizes) != len(bucket_boundaries):
@@ -141,7 +143,8 @@ def bucket_by_length(examples: Iterable[dict[str, np.ndarray]], bucket_boundarie
         return batch
 
     for example in examples:
-        length = int(np.count_nonzero(example[key]))
+        # Up to the last non-padding token: a PAD inside a sequence must not shorten it.
+        length = max(len(np.trim_zeros(np.asarray(v), "b")) for v in example.values())
         index = next((i for i, b in enumerate(bucket_boundaries) if length <= b), None)
         if index is None:
             raise ValueError(f"an example of length {length} exceeds the largest bucket "

@@ -81,3 +81,22 @@ def test_unknown_split_and_name(digits_dir):
         get_source("digits", "validation", digits_dir)
     with pytest.raises(ValueError, match="not in the TFDS catalogue"):
         get_source("no_such_dataset_xyz", "train", digits_dir)
+
+
+@pytest.mark.parametrize("split, size", [("train+test", 1797), ("train[:50%]+test", 1078),
+                                         ("test[-9:]", 9), ("train[:10%]", 144)])
+def test_tfds_split_expressions_are_read_as_tfds_reads_them(digits_dir, split, size):
+    assert len(get_source("digits", split, digits_dir)) == size
+
+
+@pytest.mark.parametrize("split, tfds_says", [
+    ("TRAIN", "Unknown split 'TRAIN'"), ("train+validation", "Unknown split 'validation'"),
+    ("train[:abc]", "Error parsing split"), ("train[:200%]", "Error parsing split"),
+    ("train[5:2]", "__len__"),
+])
+def test_bad_split_expressions_name_the_dataset_and_its_splits(digits_dir, split, tfds_says):
+    with pytest.raises(ValueError) as error:
+        get_source("digits", split, digits_dir)
+    message = str(error.value)
+    assert f"dataset 'digits' has no split {split!r}" in message
+    assert tfds_says in message and "['test', 'train']" in message

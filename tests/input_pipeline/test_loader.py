@@ -128,3 +128,96 @@ def test_packing_keeps_every_token_with_segments_and_positions():
     restored = iter(make_train_loader(source, global_batch_size=4, seed=0, pack_length=14))
     restored.set_state(state)
     np.testing.assert_array_equal(next(restored)["targets"], following["targets"])
+
+
+class ImageSource:
+    """Images whose pixels and label are their index; module-level so workers can unpickle it."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"image": np.full((10, 10, 3), i, np.uint8), "label": np.int32(i)}
+
+
+@pytest.fixture
+def parsed_absl_flags():
+    """grain's worker processes read absl flags, which trainer.main's absl.app parses."""
+    from absl import flags
+
+    if flags.FLAGS.is_parsed():
+        yield
+        return
+    flags.FLAGS.mark_as_parsed()
+    yield
+    flags.FLAGS.unparse_flags()
+
+
+def test_workers_without_parsed_flags_fail_before_starting():
+    from absl import flags
+
+    if flags.FLAGS.is_parsed():
+        pytest.skip("absl flags were parsed by another test of this process")
+    with pytest.raises(ValueError, match="worker_count=2 .*absl.app.run"):
+        make_train_loader(ImageSource(24), global_batch_size=8, worker_count=2)
+
+
+@pytest.mark.slow  # about 10 s: each worker process imports the pipeline
+def test_worker_processes_yield_the_batches_of_the_main_process(parsed_absl_flags):
+    """worker_count > 0 pickles the pipeline (EpochShuffle's lock included) into workers,
+    and random augmentations stay seeded per example, so the batches do not change."""
+    spec = "inception_crop(6,30,100)|flip_lr|value_range(-1,1)"
+    batches = {}
+    for workers in (0, 2):
+        iterator = iter(make_train_loader(ImageSource(24), global_batch_size=8, seed=2,
+                                          transforms=parse_preprocess(spec),
+                                          worker_count=workers))
+        batches[workers] = [next(iterator) for _ in range(4)]  # across an epoch boundary
+        iterator.close()  # stops the worker processes now, not at interpreter exit
+    for want, got in zip(batches[0], batches[2], strict=True):
+        np.testing.assert_array_equal(got["label"], want["label"])
+        np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_epoch_shuffle_pickles_without_its_lock_and_cache():
+    import pickle
+
+    import grain
+
+    from input_pipeline.loader import EpochShuffle
+
+    shuffled = EpochShuffle(grain.MapDataset.source(RangeSource(10)), 7)
+    order = [int(shuffled[i]["x"]) for i in range(20)]  # fills the permutation cache
+    copy = pickle.loads(pickle.dumps(shuffled))
+    assert copy._permutations == {}
+    assert [int(copy[i]["x"]) for i in range(20)] == order
+
+
+class CountingSource(RangeSource):
+    def __init__(self, n):
+        super().__init__(n)
+        self.reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def test_loader_reads_only_a_few_batches_ahead():
+    """The loader prefetches whole batches: grain's default read-ahead (500 elements) would
+    hold 500 batches in host memory. Reads are polled until they pass the bound or a second
+    has gone by, so a slow machine cannot make this pass wrongly."""
+    import time
+
+    source = CountingSource(100_000)
+    iterator = iter(make_train_loader(source, global_batch_size=16, seed=0))
+    next(iterator)
+    bound = 8 * 16  # the batch taken and a few read ahead (READ_AHEAD_BATCHES = 4 now)
+    deadline = time.monotonic() + 1.0
+    while source.reads <= bound and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 16 <= source.reads <= bound
+    iterator.close()

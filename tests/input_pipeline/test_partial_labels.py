@@ -42,3 +42,22 @@ def test_batches_mix_both_parts_in_one_shuffled_stream():
     assert weights.sum() == 8  # each labelled example once per epoch
     np.testing.assert_array_equal(weights == 1, images < 100)
     assert np.all(np.concatenate([b["label"] for b in batches])[weights == 0] == 0)
+
+
+def test_only_the_kept_keys_reach_the_batcher():
+    """TFDS examples carry strings and variable-size arrays that cannot be batched."""
+    def tfds_like(labels, offset):
+        return [{**e, "file_name": f"img_{i}.jpg".encode(),
+                 "segmentation_mask": np.zeros((3 + i, 2, 1), np.uint8)}
+                for i, e in enumerate(_examples(labels, offset))]
+
+    source = PartiallyLabelled(tfds_like([1] * 4, 0), tfds_like([2] * 4, 100))
+    assert source[0].keys() == source[7].keys() == {"image", "label", "label_weight"}
+    batch = next(iter(make_train_loader(source, global_batch_size=8, seed=0)))
+    assert batch.keys() == {"image", "label", "label_weight"}
+    everything = PartiallyLabelled(tfds_like([1], 0), tfds_like([2], 100), keys=None)
+    assert "file_name" in everything[1]
+    with pytest.raises(ValueError, match=r"example 1 has no \['mask'\]"):
+        PartiallyLabelled(_examples([1], 0), _examples([2], 9), keys=("mask", "label"))[1]
+    with pytest.raises(ValueError, match="must include 'label'"):
+        PartiallyLabelled(_examples([1], 0), _examples([2], 9), keys=("image",))

@@ -73,3 +73,51 @@ def test_cutmix_label_weight_is_the_box_area():
     mixed, targets = mixup_cutmix(jax.random.key(0), images, labels, cutmix_alpha=1.0)
     pasted = float(mixed[0].mean())  # example 0 received a box of example 1's ones
     np.testing.assert_allclose(targets[0, 1], pasted, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("resize(0)", r"op resize: height=0 must be a positive integer"),
+    ("resize(32,'a')", r"op resize: width='a' must be a positive integer"),
+    ("resize(32.5)", r"op resize: height=32.5 must be a positive integer"),
+    ("resize_small(-1)", r"op resize_small: size=-1 must be a positive integer"),
+    ("central_crop(32,0)", r"op central_crop: width=0 must be a positive integer"),
+    ("central_crop(0)", r"op central_crop: height=0 must be a positive integer"),
+    ("inception_crop(0)", r"op inception_crop: size=0 must be a positive integer"),
+    ("inception_crop(32,90,10)", r"op inception_crop: area_min=90, area_max=10 must satisfy "
+                                 r"0 < area_min <= area_max <= 100"),
+    ("inception_crop(32,0,100)", r"area_min=0, area_max=100 must satisfy 0 < area_min"),
+    ("inception_crop(32,5,150)", r"area_max=150 must satisfy"),
+    ("inception_crop(32,0.08,1.0)", r"area_min=0.08, area_max=1 .*fractions such as 0.08, "
+                                    r"1.0 are written 8, 100"),
+    ("random_crop(0)", r"op random_crop: size=0 must be a positive integer"),
+    ("random_crop(32,-4)", r"op random_crop: padding=-4 must be an integer >= 0"),
+    ("value_range(1,-1)", r"op value_range: low=1, high=-1: expected low < high"),
+    ("value_range(0,'x')", r"op value_range: high='x' must be a finite number"),
+    ("normalize(0.5,0.5,0.5,0,0,0)", r"op normalize: stds=\[0.0, 0.0, 0.0\] must all be > 0"),
+    ("normalize(0.5,0.5,0.25)", r"op normalize: got 3 arguments"),
+    ("normalize", r"op normalize: got 0 arguments"),
+    ("randaugment(-3,9)", r"op randaugment: num_layers=-3 must be an integer >= 0"),
+    ("randaugment(2,11)", r"op randaugment: magnitude=11 must be in \[0, 10\]"),
+    ("keep", r"op keep: keys=\(\) must be one or more"),
+])
+def test_op_arguments_are_checked_when_parsed(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_preprocess(f"decode|{spec}|flip_lr")
+
+
+def test_central_crop_width_defaults_to_height_only_when_omitted():
+    assert _run("central_crop(8,12)")["image"].shape == (8, 12, 3)
+    assert _run("resize(8,12)")["image"].shape == (8, 12, 3)
+
+
+def test_random_crop_larger_than_the_image_names_the_op():
+    with pytest.raises(ValueError, match=r"random_crop\(40,2\): size=40 is larger than the "
+                                         r"padded image \(24, 34\)"):
+        _run("random_crop(40,2)")
+
+
+def test_keep_drops_other_keys_and_names_missing_ones():
+    assert _run("keep('image')").keys() == {"image"}
+    with pytest.raises(ValueError, match=r"op keep: the example has no \['mask'\]; it has "
+                                         r"keys \['image', 'label'\]"):
+        _run("keep('image','mask')")

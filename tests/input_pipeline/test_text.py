@@ -79,3 +79,18 @@ def test_tokenize_sentences_pads_and_truncates_to_a_fixed_length():
     long = transform.map({"text": b"one two three four five six seven eight nine ten"})
     assert long["attention_mask"].all() and long["input_ids"][-1] == 102
     assert long["input_ids"].dtype == np.int32 and long["input_ids"].shape == (8,)
+
+
+def test_length_buckets_fit_the_longest_key_so_no_token_is_cut():
+    """Targets longer than their inputs (translation often has them) keep every token and
+    their EOS: the bucket is chosen by the longer of the two."""
+    rng = np.random.default_rng(1)
+    examples = [{"inputs": pad_to_length([5] * int(rng.integers(1, 4)), 16),
+                 "targets": pad_to_length(list(range(3, 3 + int(rng.integers(1, 15)))), 16)}
+                for _ in range(30)]
+    batches = list(bucket_by_length(examples, [4, 8, 16], [4, 4, 4]))
+    assert sum(len(b["targets"]) for b in batches) == 30
+    kept = sorted(tuple(row[row > 0]) for b in batches for row in b["targets"])
+    assert kept == sorted(tuple(e["targets"][e["targets"] > 0]) for e in examples)
+    assert all(EOS_ID in row for b in batches for row in b["targets"])
+    assert any(b["targets"].shape[1] == 16 for b in batches)

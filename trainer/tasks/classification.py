@@ -13,6 +13,10 @@ import vit
 from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, Task, masked_sum, register_task
 
+# The example keys the task reads; every other TFDS feature is dropped before batching.
+# (Distillation's label_weight comes from input_pipeline.PartiallyLabelled, which keeps it.)
+EXAMPLE_KEYS = ("image", "label")
+
 
 def build_vit(model_config: Any, dtype: Any) -> vit.VisionTransformer:
     """``vit.create_model(config.model.name, config.model.num_classes, **other fields)``."""
@@ -60,13 +64,23 @@ class ClassificationTask(Task):
         self.model = build_vit(config.model, common.computation_dtype(config))
         self.num_classes = config.model.num_classes
 
+    def image_transforms(self, spec: str) -> list:
+        """The preprocessing ``spec``, then only ``EXAMPLE_KEYS``.
+
+        TFDS image datasets carry features the task never reads: strings (cifar10's ``id``,
+        ImageNet's and the Oxford sets' ``file_name``), which JAX refuses, and variable-size
+        arrays (oxford_iiit_pet's ``segmentation_mask``), which cannot be batched at all; so
+        they are dropped per example, before the batcher sees them.
+        """
+        return [*input_pipeline.parse_preprocess(spec), input_pipeline.Keep(*EXAMPLE_KEYS)]
+
     def train_iterator(self, process_index: int, process_count: int):
-        transforms = input_pipeline.parse_preprocess(self.config.pp_train)
-        return common.train_iterator(self.config, transforms, process_index, process_count)
+        return common.train_iterator(self.config, self.image_transforms(self.config.pp_train),
+                                     process_index, process_count)
 
     def eval_batches(self, process_index: int, process_count: int):
-        transforms = input_pipeline.parse_preprocess(self.config.pp_eval)
-        return common.eval_batches(self.config, transforms, process_index, process_count)
+        return common.eval_batches(self.config, self.image_transforms(self.config.pp_eval),
+                                   process_index, process_count)
 
     def check_batch(self, batch: Batch, where: str) -> None:
         check_image_batch(batch, self.model, where)
