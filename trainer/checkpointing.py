@@ -2,10 +2,12 @@
 
 Layout: ``WORKDIR/checkpoints/<step>/{state,data_iter,meta}``. Saves are asynchronous;
 orbax writes each step to a temporary directory and renames it when complete, so an
-interrupted save never looks like a finished checkpoint. Restoring checks the fingerprint
-(parameter paths, shapes and dtypes) first, so a workdir holding another model's checkpoint
-fails with a clear error instead of a partial load; a damaged latest checkpoint falls back to
-the previous good one, saying so.
+interrupted save never looks like a finished checkpoint. Restoring checks the fingerprints
+first (parameter paths, shapes and dtypes, and those of the optimizer state), so a workdir
+holding another model's checkpoint, or one saved with other optimizer settings, fails with a
+clear error instead of a partial load; a damaged latest checkpoint falls back to the previous
+good one, saying so, and is moved to ``WORKDIR/damaged_checkpoints`` (by process 0 alone).
+A checkpoint that does not fit the config is never treated as damaged: nothing is moved.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -21,12 +24,29 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 ITEMS = ("state", "data_iter", "meta")
+# The meta key of the optimizer state's fingerprint, written by ``Checkpointer.save``.
+OPT_STATE_FINGERPRINT = "opt_state_fingerprint"
+
+# Parts of orbax's messages for a restore target that does not fit the saved tree (another
+# structure or another array shape): a config change, not damage, so nothing is moved aside.
+_ORBAX_MISMATCH_MESSAGES = (
+    "Structure mismatch",  # StandardCheckpointHandler: a path of the target is not on disk
+    "structures do not match",  # BasePyTreeCheckpointHandler: the trees differ
+    "is not compatible with the stored shape",  # serialization: an array of another shape
+)
+
+
+def _process_index() -> int:
+    """This process's index; a function of its own so that a test can play another process
+    here alone (grain and orbax name their per-process files by the real index)."""
+    return jax.process_index()
 
 
 class CheckpointMismatchError(ValueError):
-    """The workdir's checkpoint belongs to a different model."""
+    """The workdir's checkpoint belongs to a different model or optimizer configuration."""
 
 
 def params_fingerprint(params: Any) -> dict[str, list]:
@@ -35,7 +55,28 @@ def params_fingerprint(params: Any) -> dict[str, list]:
     return {k: [list(v.shape), str(np.dtype(v.dtype))] for k, v in sorted(flat.items())}
 
 
-def describe_mismatch(saved: dict[str, list], expected: dict[str, list], limit: int = 8) -> str:
+def tree_fingerprint(tree: Any) -> dict[str, list]:
+    """``{"0/mu/head/kernel": [shape, dtype]}`` of any pytree (e.g. an optax state), leaves
+    arrays or ShapeDtypeStructs; the same for a state and for its ``jax.eval_shape``."""
+    fingerprint = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not hasattr(leaf, "shape"):  # a Python scalar
+            leaf = np.asarray(leaf)
+        key = jax.tree_util.keystr(path, simple=True, separator="/")
+        fingerprint[key] = [list(leaf.shape), str(leaf.dtype)]
+    return dict(sorted(fingerprint.items()))
+
+
+def _opt_state_fingerprint(state: Any) -> dict[str, list] | None:
+    """The fingerprint of ``state``'s ``opt_state`` (a TrainState or a dict); None without."""
+    opt_state = (state.get("opt_state") if isinstance(state, Mapping)
+                 else getattr(state, "opt_state", None))
+    return None if opt_state is None else tree_fingerprint(opt_state)
+
+
+def describe_mismatch(saved: dict[str, list], expected: dict[str, list], limit: int = 8,
+                      ours: str = "model") -> str:
+    """What differs between a checkpoint's fingerprint and ``expected`` (that of ``ours``)."""
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     changed = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
@@ -43,11 +84,29 @@ def describe_mismatch(saved: dict[str, list], expected: dict[str, list], limit: 
     if missing:
         parts.append(f"missing in checkpoint: {missing[:limit]}")
     if unexpected:
-        parts.append(f"not in this model: {unexpected[:limit]}")
+        parts.append(f"not in this {ours}: {unexpected[:limit]}")
     if changed:
         parts.append("shape/dtype differs: " + ", ".join(
-            f"{k} checkpoint {saved[k]} vs model {expected[k]}" for k in changed[:limit]))
+            f"{k} checkpoint {saved[k]} vs {ours} {expected[k]}" for k in changed[:limit]))
     return "; ".join(parts)
+
+
+def _is_structure_mismatch(error: BaseException) -> bool:
+    """Whether orbax refused a restore because the target differs from the saved tree."""
+    seen = set()
+    while error is not None and id(error) not in seen:  # orbax may wrap the error
+        seen.add(id(error))
+        if any(text in str(error) for text in _ORBAX_MISMATCH_MESSAGES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_OPTIMIZER_HINT = (
+    "the config's optimizer settings changed since that checkpoint was saved (optimizer.name, "
+    "or an optimizer.* setting that adds or drops a part of the optimizer state, such as "
+    "grad_clip_norm, momentum or weight_decay); resume with the optimizer settings the run "
+    "was started with, or use a new --workdir. No checkpoint was moved or changed")
 
 
 class Checkpointer:
@@ -60,7 +119,8 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True) -> None:
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -74,6 +134,12 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_iter: Any, meta: dict) -> None:
+        """Saves ``state``, ``data_iter``'s position and ``meta``, to which the optimizer
+        state's fingerprint is added: a resume with other optimizer settings is then told so,
+        instead of orbax's structure error, which looks like damage."""
+        opt_fingerprint = _opt_state_fingerprint(state)
+        if opt_fingerprint is not None:
+            meta = {**meta, OPT_STATE_FINGERPRINT: opt_fingerprint}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data_iter=grain.checkpoint.CheckpointSave(data_iter),
@@ -101,11 +167,16 @@ class Checkpointer:
         """The newest restorable checkpoint as ``(state, meta)``; None when there is none.
 
         ``data_iter`` is moved to the saved position in place. Raises
-        ``CheckpointMismatchError`` when the checkpoint is of another model, and
-        ``RuntimeError`` when checkpoints exist but none can be read.
+        ``CheckpointMismatchError`` when the checkpoint is of another model or was saved with
+        other optimizer settings (moving nothing), and ``RuntimeError`` when checkpoints exist
+        but none can be read. Every process of a multi-host run calls this; they check that
+        they restored the same step, and process 0 alone moves damaged checkpoints aside.
         """
         steps = self.all_steps()
+        expected_opt = _opt_state_fingerprint(abstract_state)
         errors = []
+        restored, meta, restored_step = None, None, None
+        # Newest first, on every process alike, so that all come to the same step.
         for step in reversed(steps):
             path = os.path.join(self.directory, str(step))
             try:
@@ -122,35 +193,86 @@ class Checkpointer:
                     f"asks for ({describe_mismatch(saved, expected_fingerprint)}); use a new "
                     "--workdir or the matching config"
                 )
+            saved_opt = meta.get(OPT_STATE_FINGERPRINT)
+            # Checkpoints saved before the optimizer fingerprint existed have none to compare.
+            compared = saved_opt is not None and expected_opt is not None
+            if compared and saved_opt != expected_opt:
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} of workdir {self.workdir} ({path}) holds a "
+                    "different optimizer state than the config makes ("
+                    f"{describe_mismatch(saved_opt, expected_opt, ours='config')}): "
+                    + _OPTIMIZER_HINT)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     data_iter=grain.checkpoint.CheckpointRestore(data_iter),
                 ))
             except Exception as error:  # noqa: BLE001
+                # Without a fingerprint to compare, orbax's structure error is the sign of
+                # a config change; with matching fingerprints it can only be damage.
+                if not compared and _is_structure_mismatch(error):
+                    raise CheckpointMismatchError(
+                        f"the checkpoint at step {step} of workdir {self.workdir} ({path}) "
+                        "does not fit the state the config makes (orbax: "
+                        f"{str(error)[:300]}...): the parameters match, so most likely "
+                        + _OPTIMIZER_HINT) from error
                 errors.append(f"{path}: {type(error).__name__}: {error}")
                 logging.error("checkpoint %s is damaged (%s); falling back to an older one",
                               path, error)
                 continue
+            restored_step = step
+            break
+        # Every process runs the same collectives whatever it found, so one that could read
+        # other checkpoints than the rest fails here instead of training from another step.
+        self._check_processes_agree(restored_step)
+        if restored is None:
             if errors:
-                logging.warning("restored the older checkpoint %s after: %s", path, errors)
-                self._set_aside([s for s in steps if s > step])
-            return restored["state"], meta
+                raise RuntimeError(
+                    f"checkpoints exist in {self.directory} but none could be restored: {errors}")
+            return None
         if errors:
+            logging.warning("restored the older checkpoint %s after: %s",
+                            os.path.join(self.directory, str(restored_step)), errors)
+        # Only damaged ones are newer: each failed to read, and a mismatch raised above.
+        self._set_aside([s for s in steps if s > restored_step])
+        return restored["state"], meta
+
+    def _check_processes_agree(self, step: int | None) -> None:
+        """Raises on every process when the processes restored different steps."""
+        if jax.process_count() == 1:
+            return
+        found = multihost_utils.process_allgather(np.int32(-1 if step is None else step))
+        found = [int(s) for s in np.ravel(found)]
+        if len(set(found)) > 1:
             raise RuntimeError(
-                f"checkpoints exist in {self.directory} but none could be restored: {errors}")
-        return None
+                f"the processes could read different checkpoints of {self.directory}: the "
+                f"newest readable step per process is {found} (-1: none), expected one step "
+                "for all; some hosts see damage or files the others do not (check the shared "
+                "filesystem). No checkpoint was moved")
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged checkpoints to ``workdir/damaged_checkpoints`` (kept for inspection,
-        out of the way of the steps the resumed run will save again)."""
-        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
-        os.makedirs(aside, exist_ok=True)
-        for step in steps:
-            target = os.path.join(aside, f"{step}-{int(time.time())}")
-            os.replace(os.path.join(self.directory, str(step)), target)
-            logging.warning("moved the damaged checkpoint %s to %s", step, target)
-        self.manager.reload()
+        out of the way of the steps the resumed run will save again).
+
+        Only process 0 moves them: the workdir is shared, and a second process's move of a
+        directory already gone would crash it. The others wait until it is done before
+        listing the checkpoints again.
+        """
+        if steps and _process_index() == 0:
+            aside = os.path.join(self.workdir, "damaged_checkpoints")
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                source = os.path.join(self.directory, str(step))
+                if not os.path.exists(source):  # moved by another Checkpointer of this workdir
+                    logging.warning("the damaged checkpoint %s is already gone", source)
+                    continue
+                target = os.path.join(aside, f"{step}-{int(time.time())}")
+                os.replace(source, target)
+                logging.warning("moved the damaged checkpoint %s to %s", source, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("trainer.checkpointing.set_aside")
+        if steps:
+            self.manager.reload()
 
     def wait(self) -> None:
         """Blocks until the background save is done; raises its error if it failed."""
@@ -169,22 +291,68 @@ def abstract_with_shardings(state: Any, shardings: Any) -> Any:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
-def restore_params(workdir: str, step: int | None = None) -> Any:
-    """The parameters of a workdir's checkpoint (the newest when ``step`` is None), as numpy.
-
-    For notebooks, evaluation scripts and tests, on any number of devices; training itself
-    restores the whole sharded state.
-    """
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    step = max(steps) if step is None else step
-    path = os.path.join(directory, str(step), "state")
+def _read_params_and_meta(path: str) -> tuple[Any, dict]:
+    """The parameters (as numpy) and meta of the checkpoint directory ``path``."""
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(path, "meta"), args=ocp.args.JsonRestore())
+    state_path = os.path.join(path, "state")
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path)
+    metadata = checkpointer.metadata(state_path)
     tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", metadata)
     tree = getattr(tree, "tree", tree)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    return state["params"]
+    state = checkpointer.restore(state_path,
+                                 args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    return state["params"], meta
+
+
+def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any, int, dict]:
+    """``(params, step, meta)`` of a workdir's checkpoint: the newest readable one when
+    ``step`` is None, else that step. ``meta`` holds ``params_fingerprint``.
+
+    The workdir may be another run's (a distillation teacher), so a damaged checkpoint is
+    only skipped, with a warning naming it, never moved. Raises ``FileNotFoundError`` when
+    there is no checkpoint (or none at ``step``), ``RuntimeError`` when none can be read.
+    """
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    if step is not None:
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} in {directory}; its steps are {steps}")
+        path = os.path.join(directory, str(step))
+        try:
+            params, meta = _read_params_and_meta(path)
+        except Exception as error:  # noqa: BLE001 - named with its path
+            raise RuntimeError(f"the checkpoint {path} of workdir {workdir} cannot be read: "
+                               f"{type(error).__name__}: {error}") from error
+        return params, step, meta
+    errors = []
+    for candidate in reversed(steps):
+        path = os.path.join(directory, str(candidate))
+        try:
+            params, meta = _read_params_and_meta(path)
+        except Exception as error:  # noqa: BLE001 - any damage is reported and skipped
+            errors.append(f"{path}: {type(error).__name__}: {error}")
+            logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
+                            path, type(error).__name__, error)
+            continue
+        if errors:
+            logging.warning("read the parameters of the older checkpoint %s after: %s",
+                            path, errors)
+        return params, candidate, meta
+    raise RuntimeError(
+        f"workdir {workdir} has checkpoints {steps} in {directory} but none can be read: "
+        f"{errors}")
+
+
+def restore_params(workdir: str, step: int | None = None) -> Any:
+    """The parameters of a workdir's checkpoint (the newest readable when ``step`` is None),
+    as numpy; see ``restore_params_with_meta``.
+
+    For notebooks, evaluation scripts, distillation teachers and tests, on any number of
+    devices; training itself restores the whole sharded state.
+    """
+    return restore_params_with_meta(workdir, step)[0]

@@ -1,0 +1,274 @@
+"""Checkpointer and restore_params on small hand-made states: damaged checkpoints on one or
+several processes, checkpoints of other optimizer settings, a teacher's damaged workdir."""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import grain
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.trainer.launcher import REPO
+from trainer import checkpointing
+from trainer.checkpointing import (
+    Checkpointer,
+    CheckpointMismatchError,
+    params_fingerprint,
+    restore_params,
+)
+from trainer.steps import TrainState
+
+ADAMW = optax.adamw(1e-3)
+SGD = optax.sgd(0.1, momentum=0.9)  # another optimizer state: one trace instead of mu/nu
+
+
+def _state(tx, step=0):
+    # Parameters that differ per step, so a test can tell which checkpoint it read.
+    params = {"dense": {"kernel": np.full((3, 4), step, np.float32),
+                        "bias": np.zeros(4, np.float32)}}
+    return {"step": np.int32(step), "params": params, "opt_state": tx.init(params),
+            "rng": np.zeros(2, np.uint32)}
+
+
+def _abstract(tx, container=dict):
+    return jax.eval_shape(lambda: container(**_state(tx)))
+
+
+def _step_of(state):
+    return state["step"] if isinstance(state, dict) else state.step
+
+
+FINGERPRINT = params_fingerprint(_state(ADAMW)["params"])
+
+
+def _data_iter():
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+def _write(workdir, tx=ADAMW, steps=(2, 4), opt_fingerprint=True, put=lambda x: x,
+           container=dict):
+    checkpointer = Checkpointer(workdir, async_save=False)
+    data_iter = _data_iter()
+    for step in steps:
+        next(data_iter)
+        state = jax.tree.map(put, container(**_state(tx, step)))
+        meta = {"params_fingerprint": FINGERPRINT}
+        if opt_fingerprint:
+            checkpointer.save(step, state, data_iter, meta)
+        else:  # as saved before the optimizer state's fingerprint was recorded
+            checkpointer.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data_iter=grain.checkpoint.CheckpointSave(data_iter),
+                meta=ocp.args.JsonSave(meta)), force=True)
+    checkpointer.close()
+
+
+def _damage(workdir, step):
+    """Overwrites every file of a checkpoint's state (a disk error, a torn copy)."""
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\x00garbage")
+
+
+def _steps_on_disk(workdir):
+    return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if name.isdigit())
+
+
+def _damaged_dir(workdir):
+    return os.path.join(workdir, "damaged_checkpoints")
+
+
+def test_process_zero_restores_the_previous_checkpoint_and_moves_the_damaged_one_aside(
+        tmp_path):
+    workdir = str(tmp_path / "run")
+    _write(workdir)
+    _damage(workdir, 4)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    state, meta = checkpointer.restore_latest(_abstract(ADAMW), _data_iter(), FINGERPRINT)
+    assert int(state["step"]) == 2
+    assert meta["params_fingerprint"] == FINGERPRINT
+    assert checkpointer.all_steps() == _steps_on_disk(workdir) == [2]
+    assert [name.split("-")[0] for name in os.listdir(_damaged_dir(workdir))] == ["4"]
+    checkpointer.close()
+
+
+def test_other_processes_leave_the_damaged_checkpoint_to_process_zero(tmp_path, monkeypatch):
+    """On several hosts every process restores from the shared workdir; a second process
+    moving the same directory crashed with FileNotFoundError."""
+    workdir = str(tmp_path / "run")
+    _write(workdir)
+    _damage(workdir, 4)
+    # Process 1 for the set-aside decision alone: grain names its files by the real index.
+    monkeypatch.setattr(checkpointing, "_process_index", lambda: 1, raising=False)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    state, _ = checkpointer.restore_latest(_abstract(ADAMW), _data_iter(), FINGERPRINT)
+    assert int(state["step"]) == 2
+    assert _steps_on_disk(workdir) == [2, 4]
+    assert not os.path.exists(_damaged_dir(workdir))
+    checkpointer.close()
+
+    monkeypatch.undo()  # process 0 of the same run
+    checkpointer = Checkpointer(workdir, async_save=False)
+    state, _ = checkpointer.restore_latest(_abstract(ADAMW), _data_iter(), FINGERPRINT)
+    assert int(state["step"]) == 2
+    assert _steps_on_disk(workdir) == [2]
+    assert len(os.listdir(_damaged_dir(workdir))) == 1
+    checkpointer.close()
+
+
+_TWO_PROCESS_SCRIPT = """
+import os, sys
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+port, index, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)
+from tests.trainer.test_checkpointing import (
+    ADAMW, FINGERPRINT, _abstract, _damage, _data_iter, _write)
+from trainer.checkpointing import Checkpointer
+
+replicated = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), PartitionSpec())
+put = lambda x: jax.make_array_from_callback(
+    np.shape(x), replicated, lambda index: np.asarray(x)[index])
+_write(workdir, put=put)
+multihost_utils.sync_global_devices("written")
+if index == 0:
+    _damage(workdir, 4)
+multihost_utils.sync_global_devices("damaged")
+abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        _abstract(ADAMW))
+checkpointer = Checkpointer(workdir, async_save=False)
+state, _ = checkpointer.restore_latest(abstract, _data_iter(), FINGERPRINT)
+print("RESTORED", int(state["step"]), checkpointer.all_steps(), flush=True)
+checkpointer.close()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_restore_the_same_step_and_process_zero_moves_the_damage(tmp_path):
+    workdir = str(tmp_path / "run")
+    script = tmp_path / "restore.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    processes = [subprocess.Popen(
+        [sys.executable, str(script), str(port), str(index), workdir], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(2)]
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+        assert "RESTORED 2 [2]" in output, output[-3000:]
+    assert _steps_on_disk(workdir) == [2]
+    assert [name.split("-")[0] for name in os.listdir(_damaged_dir(workdir))] == ["4"]
+
+
+@pytest.mark.parametrize("container", [dict, TrainState])  # orbax words its errors apart
+@pytest.mark.parametrize("opt_fingerprint", [True, False], ids=["fingerprint", "older"])
+def test_checkpoints_of_other_optimizer_settings_are_refused_and_kept(tmp_path,
+                                                                      opt_fingerprint,
+                                                                      container):
+    """Resuming with another optimizer reported every healthy checkpoint as damaged. With
+    the optimizer state's fingerprint in meta it is told before restoring; a checkpoint saved
+    without it is told by orbax's structure error, which is no damage either."""
+    workdir = str(tmp_path / "run")
+    _write(workdir, opt_fingerprint=opt_fingerprint, container=container)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    with pytest.raises(CheckpointMismatchError) as error:
+        checkpointer.restore_latest(_abstract(SGD, container), _data_iter(), FINGERPRINT)
+    message = str(error.value)
+    assert f"step 4 of workdir {workdir}" in message
+    assert "optimizer" in message and "No checkpoint was moved" in message
+    if opt_fingerprint:
+        assert "different optimizer state" in message and "0/trace" in message
+    assert _steps_on_disk(workdir) == [2, 4]
+    assert not os.path.exists(_damaged_dir(workdir))
+    # The run's own settings still resume from the newest checkpoint.
+    state, _ = checkpointer.restore_latest(_abstract(ADAMW, container), _data_iter(),
+                                           FINGERPRINT)
+    assert int(_step_of(state)) == 4
+    checkpointer.close()
+
+
+def test_a_structure_error_despite_matching_fingerprints_is_damage(tmp_path):
+    """A torn tree metadata file makes orbax report a structure mismatch; with the optimizer
+    fingerprint matching, that is damage, and the previous checkpoint is restored."""
+    workdir = str(tmp_path / "run")
+    _write(workdir)
+    metadata_file = os.path.join(workdir, "checkpoints", "4", "state", "_METADATA")
+    with open(metadata_file) as f:
+        metadata = json.load(f)
+    metadata["tree_metadata"].pop(next(k for k in metadata["tree_metadata"] if "opt_state" in k))
+    with open(metadata_file, "w") as f:
+        json.dump(metadata, f)
+    checkpointer = Checkpointer(workdir, async_save=False)
+    state, _ = checkpointer.restore_latest(_abstract(ADAMW), _data_iter(), FINGERPRINT)
+    assert int(state["step"]) == 2
+    assert _steps_on_disk(workdir) == [2]
+    checkpointer.close()
+
+
+def test_restore_params_skips_a_damaged_newest_checkpoint_and_moves_nothing(tmp_path,
+                                                                           caplog):
+    """A distillation teacher's workdir with a damaged newest checkpoint: its parameters come
+    from the previous one (it failed with a bare JSONDecodeError) and the workdir, another
+    run's, is left as it is."""
+    workdir = str(tmp_path / "teacher")
+    _write(workdir)
+    _damage(workdir, 4)
+    with caplog.at_level(logging.WARNING):
+        params = restore_params(workdir)
+    np.testing.assert_array_equal(params["dense"]["kernel"], np.full((3, 4), 2, np.float32))
+    assert os.path.join(workdir, "checkpoints", "4") in caplog.text
+    assert _steps_on_disk(workdir) == [2, 4]
+    assert not os.path.exists(_damaged_dir(workdir))
+
+
+def test_restore_params_names_the_workdir_when_no_checkpoint_can_be_read(tmp_path):
+    workdir = str(tmp_path / "teacher")
+    _write(workdir)
+    _damage(workdir, 2)
+    _damage(workdir, 4)
+    with pytest.raises(RuntimeError, match=f"workdir {workdir} has checkpoints \\[2, 4\\]"):
+        restore_params(workdir)
+
+
+def test_restore_params_with_meta_gives_the_step_and_meta_it_read(tmp_path):
+    from trainer.checkpointing import restore_params_with_meta
+
+    workdir = str(tmp_path / "teacher")
+    _write(workdir)
+    params, step, meta = restore_params_with_meta(workdir)
+    assert step == 4 and meta["params_fingerprint"] == FINGERPRINT
+    assert params_fingerprint(params) == FINGERPRINT
+    params, step, _ = restore_params_with_meta(workdir, step=2)
+    assert step == 2
+    np.testing.assert_array_equal(params["dense"]["kernel"], np.full((3, 4), 2, np.float32))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 .*\[2, 4\]"):
+        restore_params_with_meta(workdir, step=3)
+    _damage(workdir, 4)
+    _, step, _ = restore_params_with_meta(workdir)
+    assert step == 2
+    with pytest.raises(RuntimeError, match="checkpoints/4 of workdir"):
+        restore_params_with_meta(workdir, step=4)
