@@ -2,8 +2,11 @@
 
 ``config.optimizer``: ``name`` (``adamw``/``adam``/``sgd``), ``learning_rate``, ``b1``, ``b2``,
 ``eps``, ``momentum``, ``nesterov``, ``weight_decay``, ``grad_clip_norm``, ``accum_steps``.
+``weight_decay`` (kernels only) is decoupled and scaled by the learning rate for ``adamw`` and
+``sgd``, and an L2 term added to the gradient for ``adam``.
 ``config.schedule``: ``name`` (``warmup_cosine``, ``warmup_linear``, ``warmup_rsqrt``,
-``constant``), ``warmup_steps``, ``end_learning_rate_factor``.
+``constant``), ``warmup_steps`` (a linear warmup from 0 for every schedule),
+``end_learning_rate_factor``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
     warmup = int(schedule_config.get("warmup_steps", 0))
     end_factor = float(schedule_config.get("end_learning_rate_factor", 0.0))
     if name == "constant":
-        return optax.constant_schedule(base_learning_rate)
+        constant = optax.constant_schedule(base_learning_rate)
+        if warmup == 0:
+            return constant
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, base_learning_rate, warmup), constant], [warmup])
     if name == "warmup_rsqrt":
         warmup = max(warmup, 1)
 
@@ -105,6 +112,11 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
     chain = []
     if opt.get("grad_clip_norm"):
         chain.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+    weight_decay = float(opt.get("weight_decay", 0.0))
+    if weight_decay and name == "adam":
+        # L2 regularisation: wd·w added to the gradient before Adam's moments, as in
+        # torch.optim.Adam (Adam with decoupled decay is adamw).
+        chain.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     if name in ("adamw", "adam"):
         chain.append(optax.scale_by_adam(b1=float(opt.get("b1", 0.9)),
                                          b2=float(opt.get("b2", 0.999)),
@@ -113,9 +125,9 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
         momentum = float(opt.get("momentum", 0.9))
         if momentum:
             chain.append(optax.trace(decay=momentum, nesterov=bool(opt.get("nesterov", False))))
-    weight_decay = float(opt.get("weight_decay", 0.0))
-    if weight_decay:
-        # Decoupled decay (AdamW), scaled by the learning rate as in optax.adamw.
+    if weight_decay and name != "adam":
+        # Decoupled decay (AdamW; for SGD as big_vision's), scaled by the learning rate as in
+        # optax.adamw.
         chain.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     chain.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain), schedule

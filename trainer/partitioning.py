@@ -129,8 +129,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     """Host-local numpy batches -> one global array per key, sharded along the batch."""
     sharding = batch_sharding(mesh)
 
-    def place(x):
+    def place(path, x):
         x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(
+                f"batch[{jax.tree_util.keystr(path)[1:-1]}] has dtype {x.dtype}: only numeric "
+                "and boolean arrays can be placed on devices (a string field of the dataset "
+                "must be dropped by the task's preprocessing)")
         # 64-bit host data (numpy's default ints) becomes JAX's 32-bit types here, once.
         if x.dtype == np.int64:
             x = x.astype(np.int32)
@@ -138,4 +143,4 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
             x = x.astype(np.float32)
         return jax.make_array_from_process_local_data(sharding, x)
 
-    return jax.tree.map(place, local_batch)
+    return jax.tree_util.tree_map_with_path(place, local_batch)

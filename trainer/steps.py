@@ -64,9 +64,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
     gradients are averaged with the weights ``task.loss_weight`` (the number of examples or
     tokens each micro-batch's mean is over), so the update equals the one-batch update.
 
-    ``metrics["nonfinite_params"]`` counts the NaN/Inf entries of the *updated* parameters:
-    the loss only describes the parameters before the update, and the loop must not
-    checkpoint parameters that an overflowing update has broken.
+    ``metrics["nonfinite_state"]`` counts the NaN/Inf entries of the *updated* parameters and
+    optimizer state: the loss only describes the parameters before the update, and the loop
+    must not checkpoint a state that an overflowing update has broken (a gradient of 1e20
+    leaves the parameters finite but Adam's second moment infinite, and every later update 0).
     """
 
     def loss_and_grads(params, batch, rng, frozen):
@@ -101,13 +102,13 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
             loss, extra, grads = jax.tree.map(lambda x: x / accum_steps, (loss, extra, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # optax's NaN/Inf count of an update tree, applied to the new parameters themselves.
-        _, not_finite = optax.transforms.skip_not_finite(params, state.step, None)
+        # optax's NaN/Inf count of an update tree, applied to the new state itself.
+        _, not_finite = optax.transforms.skip_not_finite((params, opt_state), state.step, None)
         metrics = {
             "loss": loss,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "grad_norm": optax.tree.norm(grads),
-            "nonfinite_params": not_finite["num_not_finite"],
+            "nonfinite_state": not_finite["num_not_finite"],
             **extra,
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
 from trainer.metrics import MetricWriter, eval_history, improve_best_eval, truncate_metrics
@@ -67,12 +68,13 @@ def count_params(params: Any) -> int:
 
 
 def _host_scalars(metric_list: list[dict[str, jax.Array]], first_step: int) -> dict[str, float]:
-    """The metrics of the newest step; raises on the first non-finite loss or parameters.
+    """The metrics of the newest step; raises on the first non-finite loss or state.
 
     ``metric_list[i]`` holds the metrics of step ``first_step + i + 1``: the loss of the
-    parameters before that step's update and the count of non-finite updated parameters
-    (``trainer.steps``). Checking both before a save means a checkpoint never holds the
-    parameters of an update that overflowed, even when the loss that preceded it was finite.
+    parameters before that step's update and the count of non-finite values in the updated
+    parameters and optimizer state (``trainer.steps``). Checking both before a save means a
+    checkpoint never holds the state of an update that overflowed, even when the loss that
+    preceded it was finite.
     Logged values are those of the logged step, not averages over the interval, so a
     resumed run logs exactly what an uninterrupted one does.
     """
@@ -84,13 +86,13 @@ def _host_scalars(metric_list: list[dict[str, jax.Array]], first_step: int) -> d
         if not np.isfinite(metrics["loss"]):
             raise NonFiniteLossError(f"training loss is {metrics['loss']} at step {step}; "
                                      + advice)
-        if metrics["nonfinite_params"]:
+        if metrics["nonfinite_state"]:
             raise NonFiniteLossError(
-                f"the parameters after the update of step {step} hold "
-                f"{int(metrics['nonfinite_params'])} NaN/Inf values (the loss before the update "
+                f"the parameters and optimizer state after the update of step {step} hold "
+                f"{int(metrics['nonfinite_state'])} NaN/Inf values (the loss before the update "
                 f"was {metrics['loss']:.4g}); " + advice)
     # Zero whenever a step is logged; the check above is its only use.
-    return {f"train/{k}": float(v) for k, v in values[-1].items() if k != "nonfinite_params"}
+    return {f"train/{k}": float(v) for k, v in values[-1].items() if k != "nonfinite_state"}
 
 
 def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count) -> dict:
@@ -102,6 +104,40 @@ def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count
         for name, value in jax.device_get(sums).items():
             totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
     return {f"eval/{k}": float(v[0] / max(v[1], 1.0)) for k, v in totals.items()}
+
+
+def _shapes(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _start_from(pretrained: Any, initial: Any, shardings: Any, fingerprint: dict) -> Any:
+    """``initial`` with the top-level entries of ``pretrained`` in place of its own (entries
+    the task does not provide, e.g. a distillation projection, keep their initialisation);
+    raises naming what differs when the result does not fit the model."""
+    merged = checkpointing.params_fingerprint({**initial, **pretrained})
+    if merged != fingerprint:
+        raise ValueError(
+            "the pretrained parameters (config.init_checkpoint or the task's initialisation) "
+            "do not fit the model: " + checkpointing.describe_mismatch(merged, fingerprint,
+                                                                       ours="model"))
+    return {**initial, **jax.device_put(pretrained, {k: shardings[k] for k in pretrained})}
+
+
+def model_flops_per_step(config, tx, schedule, train_step, state, batch, frozen) -> float:
+    """The model FLOPs of one call of ``train_step(state, batch, frozen)``, for ``train/mfu``.
+
+    A config with a scanned stack, gradient accumulation or rematerialisation is counted on
+    the same step without them (``throughput.counting_config``), lowered on shapes only.
+    Raises ``throughput.LoopInProgramError`` when a loop remains (e.g. a scanned teacher).
+    """
+    counting = throughput.counting_config(config)
+    if counting is None:
+        # Lowering is traced once and reused by the training step's first call.
+        return throughput.lowered_flops(train_step, state, batch, frozen)
+    task = create_task(counting)
+    abstract = jax.eval_shape(lambda: init_state(task, tx, counting.seed, task.dummy_batch(1)))
+    return throughput.lowered_flops(jax.jit(make_train_step(task, tx, schedule, 1)),
+                                    abstract, _shapes(batch), _shapes(frozen))
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -156,15 +192,17 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if restored is None:
         state = jax.jit(lambda: init_state(task, tx, config.seed, dummy),
                         out_shardings=shardings)()
-        pretrained = task.pretrained_params(jax.device_get(state.params))
+        # Shapes only: with FSDP over several hosts no process can read every parameter.
+        pretrained = task.pretrained_params(abstract.params)
         if pretrained is not None:
-            params = jax.device_put(pretrained, shardings.params)
+            params = _start_from(pretrained, state.params, shardings.params, fingerprint)
             state = state.replace(params=params, opt_state=jax.jit(
                 tx.init, out_shardings=shardings.opt_state)(params))
         start_step = 0
         truncate_metrics(workdir, 0)
     else:
-        state, _ = restored
+        state, restored_meta = restored
+        frozen = task.resumed_frozen_variables(restored_meta)
         start_step = int(jax.device_get(state.step))
         if start_step > total_steps:
             checkpointer.close()
@@ -202,7 +240,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     else:
         writer.text(f"resumed from the checkpoint at step {start_step}")
 
-    meta = {"params_fingerprint": fingerprint, "task": config.task}
+    meta = {"params_fingerprint": fingerprint, "task": config.task, **task.checkpoint_meta()}
     stop_after = config.get("stop_after_step")
     # Where this call stops: a rerun with the stop_after_step its checkpoint already reached
     # trains nothing (it used to go on to num_train_steps, since step == stop_after never held).
@@ -215,7 +253,9 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     pending: list[dict[str, jax.Array]] = []
     pending_first_step = start_step
     run_start = time.time()
-    timer_start, timer_step = time.time(), start_step
+    # Throughput is timed between logs over training alone: from the end of this call's
+    # first step (which compiles) and again after every evaluation and save.
+    timer_start, timer_step = None, start_step
     steps_done = 0
     step_flops, peak = 0.0, 0.0  # for train/mfu, set at the first step
     step = start_step
@@ -227,22 +267,29 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         try:
             while step < last_step:
                 batch = next(train_iter)
-                global_batch = partitioning.global_batch(batch, mesh)
                 if step == start_step:
                     task.check_batch(batch, "training batch")
+                global_batch = partitioning.global_batch(batch, mesh)
+                if step == start_step:
                     if config.get("log_mfu", True):
-                        # Lowering is traced once and reused by the call below.
-                        step_flops = throughput.lowered_flops(train_step, state, global_batch,
-                                                              frozen)
-                        peak, peak_source = throughput.peak_flops(
-                            "bfloat16" if config.get("mixed_precision") else "float32")
-                        writer.text(f"train step: {step_flops / 1e9:,.4g} GFLOP (XLA cost "
-                                    f"analysis); peak {peak / 1e12:,.4g} TFLOP/s "
-                                    f"({peak_source})")
+                        try:
+                            step_flops = model_flops_per_step(config, tx, schedule, train_step,
+                                                              state, global_batch, frozen)
+                        except throughput.LoopInProgramError as error:
+                            writer.text(f"train/mfu not logged: {error}")
+                        if step_flops:
+                            peak, peak_source = throughput.peak_flops(
+                                "bfloat16" if config.get("mixed_precision") else "float32")
+                            writer.text(f"train step: {step_flops / 1e9:,.4g} GFLOP (XLA cost "
+                                        f"analysis); peak {peak / 1e12:,.4g} TFLOP/s "
+                                        f"({peak_source})")
                 state, metrics = train_step(state, global_batch, frozen)
                 step += 1
                 steps_done += 1
                 pending.append(metrics)
+                if timer_start is None:
+                    jax.block_until_ready(metrics)
+                    timer_start, timer_step = time.time(), step
                 is_last = step == total_steps
                 log_now = step % config.log_every_steps == 0 or is_last
                 save_now = (step % config.checkpoint_every_steps == 0 or is_last
@@ -253,13 +300,13 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     # Also checks that every loss since the last log is finite.
                     scalars = _host_scalars(pending, pending_first_step)
                     pending, pending_first_step = [], step
-                    now = time.time()
-                    elapsed = max(now - timer_start, 1e-9)
-                    scalars["train/examples_per_sec"] = (
-                        (step - timer_step) * config.batch_size / elapsed)
-                    if step_flops and peak:
-                        scalars["train/mfu"] = (step - timer_step) * step_flops / elapsed / peak
-                    timer_start, timer_step = now, step
+                    if step > timer_step:  # not at the first step, whose time is compiling
+                        elapsed = max(time.time() - timer_start, 1e-9)
+                        scalars["train/examples_per_sec"] = (
+                            (step - timer_step) * config.batch_size / elapsed)
+                        if step_flops and peak:
+                            scalars["train/mfu"] = ((step - timer_step) * step_flops / elapsed
+                                                    / peak)
                     if eval_now:
                         last_eval = evaluate(task, eval_step, state.params, frozen, mesh,
                                              process_index, process_count)
@@ -268,10 +315,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                         scalars.update(last_eval)
                         improve_best_eval(best_eval, last_eval)
                     writer.write(step, scalars)
+                    timer_start, timer_step = time.time(), step
                 if save_now or preempted:
                     if pending:  # never checkpoint a NaN loss or NaN/Inf parameters
                         _host_scalars(pending, pending_first_step)
                     save(step)
+                    timer_start, timer_step = time.time(), step
                 if preempted:
                     writer.text(f"preempted: saved the checkpoint at step {step}; exiting")
                     break
@@ -281,7 +330,13 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     wall_time = time.time() - run_start
     finished = step == total_steps
-    report = task.on_train_end(state.params, frozen, workdir, last_eval) if finished else None
+    report = None
+    if finished:
+        params = state.params
+        if not all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+            # FSDP over several hosts: every process gets the whole parameters.
+            params = multihost_utils.process_allgather(params, tiled=True)
+        report = task.on_train_end(params, frozen, workdir, last_eval)
     summary = {
         "step": step,
         "num_params": num_params,

@@ -24,7 +24,7 @@ ACCUM_STEPS = 4
 def _plain_sgd(config):
     """Update = −1.0 · gradient: constant lr, no momentum, weight decay or clipping, and no
     mixup (its random mixing is drawn per micro-batch, so it differs from the full batch's)."""
-    config.schedule.name = "constant"
+    config.schedule.update(dict(name="constant", warmup_steps=0))
     config.optimizer.update(dict(name="sgd", learning_rate=1.0, momentum=0.0, weight_decay=0.0,
                                  grad_clip_norm=0.0))
     if "mixup" in config:

@@ -181,8 +181,9 @@ def test_a_teacher_npz_whose_head_does_not_fit_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"head/kernel.*num_classes=10"):
         load_teacher_params(str(tmp_path / "teacher5.npz"), teacher)
     vit.save_npz(params, str(tmp_path / "same.npz"))
-    loaded = load_teacher_params(str(tmp_path / "same.npz"), five_classes)
+    loaded, step = load_teacher_params(str(tmp_path / "same.npz"), five_classes)
     np.testing.assert_array_equal(loaded["head"]["bias"], params["head"]["bias"])
+    assert step is None
 
 
 def test_hard_distillation_logs_that_it_ignores_alpha(caplog):
@@ -407,3 +408,56 @@ def test_feature_distillation_through_launcher(tmp_path, digits_data_dir, teache
     with open(os.path.join(workdir, "compression_report.json")) as f:
         report = json.load(f)
     assert report["models"]["student"]["parameters"] < report["models"]["teacher"]["parameters"]
+
+
+def test_a_teacher_workdir_of_another_model_is_refused(teacher_workdir):
+    """Flax runs a 2-block checkpoint as a 1-block teacher without a word (extra parameters
+    are ignored), so the loader compares the checkpoint with ``teacher_model`` first."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+    from trainer.tasks.distillation import load_teacher_params
+
+    config = distill_digits.get_config("soft")
+    for key, value in {**TEACHER, "num_layers": 1}.items():
+        config.distill.teacher_model[key] = value
+    shallower = create_task(config).teacher
+    with pytest.raises(ValueError, match=r"not a checkpoint of config\.distill\.teacher_model"
+                                         r".*encoderblock_1"):
+        load_teacher_params(teacher_workdir, shallower)
+    params, step = load_teacher_params(teacher_workdir, shallower.clone(num_layers=2))
+    assert step == 4 and "encoderblock_1" in params["Transformer"]
+
+
+def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, digits_data_dir,
+                                                                      teacher_workdir):
+    """The teacher's workdir trains on while the student is stopped: the resumed student
+    must go on with the teacher of its first part, not switch to the newest step."""
+    import shutil
+
+    from configs import distill_digits
+    from trainer.checkpointing import restore_params_with_meta
+    from trainer.tasks import create_task
+
+    teacher = str(tmp_path / "teacher")
+    shutil.copytree(teacher_workdir, teacher)
+    student = str(tmp_path / "student")
+    flags = (*STEP_FLAGS, *TEACHER_FLAGS, f"--config.distill.teacher_checkpoint={teacher}",
+             f"--config.dataset.data_dir={digits_data_dir}", "--config.report_batch_size=8")
+    run_launcher("configs/distill_digits.py:soft", student, *flags, "--config.stop_after_step=3")
+    overrides = {f"model.{k}": v for k, v in TEACHER.items()}
+    train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=6, **overrides),
+                       teacher)  # the teacher's run goes on from step 4 to 6
+    run_launcher("configs/distill_digits.py:soft", student, *flags)
+    _, step, meta = restore_params_with_meta(student)
+    assert step == 6 and meta["teacher"] == {"checkpoint": teacher, "step": 4}
+
+    config = distill_digits.get_config("soft")
+    for key, value in TEACHER.items():
+        config.distill.teacher_model[key] = value
+    config.distill.teacher_checkpoint = teacher
+    frozen = create_task(config).resumed_frozen_variables(meta)["teacher"]
+    pinned, newest = restore_params(teacher, 4), restore_params(teacher)
+    for got, want in zip(jax.tree.leaves(frozen), jax.tree.leaves(pinned), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(pinned), jax.tree.leaves(newest), strict=True))

@@ -1,4 +1,5 @@
-"""Two processes with 4 CPU devices each train exactly like one process with 8.
+"""Two processes with 4 CPU devices each (parameters sharded over both) train exactly like
+one process with 8 (data parallel).
 
 Both processes run the launcher's documented multi-host command on this machine
 (coordinator on 127.0.0.1, gloo CPU collectives), each reading only its own part of every
@@ -33,12 +34,16 @@ def test_two_processes_match_one_process(tmp_path, digits_data_dir):
     run_launcher("configs/vit_digits.py", str(tmp_path / "one"), *flags, devices=8)
 
     workdir = str(tmp_path / "two")
+    # Parameters sharded over both hosts (FSDP), so that no process can read them whole: a
+    # fresh run used to fetch them all to the host at start and failed there.
+    fsdp = ("--config.mesh_shape.data=1", "--config.mesh_shape.fsdp=-1",
+            "--config.sharding.min_fsdp_size=256")
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
     processes = [subprocess.Popen(
         [sys.executable, "-m", "trainer.main", "--config=configs/vit_digits.py",
-         f"--workdir={workdir}", *flags, f"--coordinator_address=127.0.0.1:{port}",
+         f"--workdir={workdir}", *flags, *fsdp, f"--coordinator_address=127.0.0.1:{port}",
          "--num_processes=2", f"--process_id={index}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for index in range(2)]

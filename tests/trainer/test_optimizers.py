@@ -29,6 +29,30 @@ def test_warmup_then_linear_to_end_factor():
     assert float(lr(100)) == pytest.approx(0.1)
 
 
+def test_constant_after_warmup():
+    lr = _schedule("constant", warmup=10)
+    assert [float(lr(step)) for step in (0, 5, 10, 99)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    assert float(_schedule("constant", warmup=0)(0)) == 1.0
+
+
+def test_adam_weight_decay_is_l2_and_adamw_decoupled():
+    """On the first step Adam normalises the gradient: with L2 (adam) the decay term is
+    normalised with it, decoupled (adamw) it is added after: the two must differ."""
+    config = base_config()
+    config.optimizer.update(dict(weight_decay=0.1, learning_rate=0.01, grad_clip_norm=0.0))
+    config.schedule.update(dict(name="constant", warmup_steps=0))
+    params = {"kernel": jnp.full((2,), 2.0)}
+    grads = {"kernel": jnp.full((2,), 1.0)}
+    updates = {}
+    for name in ("adam", "adamw"):
+        config.optimizer.name = name
+        tx, _ = make_optimizer(config, total_steps=10)
+        updates[name] = float(tx.update(grads, tx.init(params), params)[0]["kernel"][0])
+    # adam: -lr · m̂/√v̂ of g + wd·w (= 1.2): -0.01; adamw: -lr · (1 + wd·w) = -0.012.
+    assert updates["adam"] == pytest.approx(-0.01, rel=1e-5)
+    assert updates["adamw"] == pytest.approx(-0.012, rel=1e-5)
+
+
 def test_inverse_square_root_schedule_of_the_paper():
     lr = _schedule("warmup_rsqrt", warmup=4000, total=100_000)
     assert float(lr(2000)) == pytest.approx(0.5)
@@ -55,6 +79,7 @@ def test_adamw_decays_kernels_only_and_clips():
     config.optimizer.weight_decay = 0.5
     config.optimizer.learning_rate = 0.1
     config.schedule.name = "constant"
+    config.schedule.warmup_steps = 0
     tx, _ = make_optimizer(config, total_steps=10)
     params = {"kernel": jnp.ones((2,)), "bias": jnp.ones((2,))}
     grads = jax.tree.map(jnp.zeros_like, params)

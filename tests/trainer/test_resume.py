@@ -78,9 +78,10 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, digit
     assert max(r["step"] for r in read_metrics(workdir)) < bad_step
 
 
-@pytest.mark.parametrize("schedule, bad_step", [("constant", 1), ("warmup_cosine", 2)])
+@pytest.mark.parametrize("schedule, warmup, bad_step", [("constant", 0, 1),
+                                                        ("warmup_cosine", 2, 2)])
 def test_parameters_of_an_overflowing_update_are_never_checkpointed(tmp_path, digits_data_dir,
-                                                                    schedule, bad_step):
+                                                                    schedule, warmup, bad_step):
     """The update of ``bad_step`` overflows while its loss (computed before the update) is
     finite. With warmup the first step's learning rate is 0, so checkpoint 1 is good and kept."""
     workdir = str(tmp_path / "run")
@@ -88,7 +89,7 @@ def test_parameters_of_an_overflowing_update_are_never_checkpointed(tmp_path, di
         digits_data_dir, num_train_steps=6, checkpoint_every_steps=1,
         **{"optimizer.learning_rate": 1e38, "optimizer.grad_clip_norm": 0.0,
            "optimizer.name": "sgd", "optimizer.momentum": 0.0, "optimizer.weight_decay": 100.0,
-           "schedule.name": schedule, "schedule.warmup_steps": 2})
+           "schedule.name": schedule, "schedule.warmup_steps": warmup})
     with pytest.raises(NonFiniteLossError) as error:
         train_and_evaluate(config, workdir)
     saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -96,7 +97,8 @@ def test_parameters_of_an_overflowing_update_are_never_checkpointed(tmp_path, di
     for step in saved:
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restore_params(workdir, step)))
     assert saved == list(range(1, bad_step))
-    assert f"parameters after the update of step {bad_step} hold" in str(error.value)
+    assert (f"parameters and optimizer state after the update of step {bad_step} hold"
+            in str(error.value))
 
 
 def _summary_evals(summary):
@@ -187,3 +189,22 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, digi
                                      workdir)
     assert summary["step"] == 6
     assert "checkpoints/4" in caplog.text and "older" in caplog.text
+
+
+def test_resume_with_another_optimizer_is_refused_and_keeps_every_checkpoint(tmp_path,
+                                                                           digits_data_dir):
+    """A resume with other optimizer settings reported every healthy checkpoint as damaged
+    and ended in "none could be restored"; it must say what changed and move nothing."""
+    workdir = str(tmp_path / "run")
+    config = tiny_digits_config(digits_data_dir, num_train_steps=4)
+    train_and_evaluate(config, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    before = sorted(os.listdir(checkpoints))
+    with pytest.raises(CheckpointMismatchError, match="different optimizer state"):
+        train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=6,
+                                              **{"optimizer.name": "sgd"}), workdir)
+    assert sorted(os.listdir(checkpoints)) == before
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+    # The run's own optimizer still resumes from its newest checkpoint.
+    assert train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=6),
+                              workdir)["step"] == 6

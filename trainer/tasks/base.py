@@ -82,13 +82,25 @@ class Task:
         raise NotImplementedError
 
     def pretrained_params(self, params: Any) -> Any | None:
-        """Parameters to start from instead of ``params`` (host-side, fresh runs only), e.g.
-        a pretrained checkpoint for fine-tuning; None keeps the random initialisation."""
+        """Parameters to start from (host-side, fresh runs only) instead of the random
+        initialisation, e.g. a pretrained checkpoint for fine-tuning; None keeps the random
+        initialisation. ``params`` holds the initialisation's shapes and dtypes
+        (``jax.ShapeDtypeStruct`` leaves), not its values; the result must have its tree."""
         return None
 
     def frozen_variables(self) -> Any:
         """Non-trainable inputs of the loss (a teacher's parameters); never checkpointed."""
         return {}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """JSON entries saved with every checkpoint, describing what ``frozen_variables``
+        were made from (e.g. a teacher's checkpoint step), for ``resumed_frozen_variables``."""
+        return {}
+
+    def resumed_frozen_variables(self, meta: dict[str, Any]) -> Any:
+        """``frozen_variables`` for a run resumed from a checkpoint with ``meta``: the same
+        ones it was trained with, or a ValueError saying why they cannot be had."""
+        return self.frozen_variables()
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
              frozen: Any) -> tuple[jax.Array, Metrics]:
@@ -116,8 +128,9 @@ class Task:
 
     def on_train_end(self, params: Any, frozen: Any, workdir: str,
                      final_eval: dict[str, float]) -> dict[str, Any] | None:
-        """Called once when training finishes (the parameters as trained, possibly sharded);
-        may write reports into the workdir and return an entry for the summary."""
+        """Called once when training finishes, on every process, with the trained parameters
+        (gathered whole onto every host when they are spread over several); may write
+        reports into the workdir (process 0) and return an entry for the summary."""
         return None
 
     def example_count(self, batch: Batch) -> int:

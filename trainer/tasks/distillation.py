@@ -113,18 +113,39 @@ def _check_logit_options(options: Any) -> None:
             "weighs labels and teacher %g : %g", options.alpha, 1 - HARD_ALPHA, HARD_ALPHA)
 
 
-def load_teacher_params(path: str, model: vit.VisionTransformer) -> Any:
-    """A teacher's parameters from a workdir (its newest orbax checkpoint) or an ``.npz``."""
+def load_teacher_params(path: str, model: vit.VisionTransformer,
+                        step: int | None = None) -> tuple[Any, int | None]:
+    """A teacher's parameters and the checkpoint step they are from (None for an ``.npz``):
+    from a workdir (its newest readable orbax checkpoint, or ``step``) or an ``.npz``. Raises
+    naming ``config.distill.teacher_model`` when they are not of that model."""
     if path.endswith(".npz"):
         # A frozen teacher must bring its own head: a fresh one would make it uniform.
-        return vit.load_pretrained(path, model, allow_new_head=False)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        from trainer.checkpointing import restore_params
+        return vit.load_pretrained(path, model, allow_new_head=False), None
+    if not os.path.isdir(os.path.join(path, "checkpoints")):
+        raise FileNotFoundError(
+            f"config.distill.teacher_checkpoint={path!r} is neither an .npz file nor a workdir "
+            "with checkpoints/ (train the teacher first with trainer.main)")
+    from trainer import checkpointing
 
-        return restore_params(path)
-    raise FileNotFoundError(
-        f"config.distill.teacher_checkpoint={path!r} is neither an .npz file nor a workdir with "
-        "checkpoints/ (train the teacher first with trainer.main)")
+    params, step, _ = checkpointing.restore_params_with_meta(path, step)
+    image = np.zeros((1, *_image_shape(model)), np.float32)
+    expected = checkpointing.params_fingerprint(
+        jax.eval_shape(model.init, jax.random.key(0), image)["params"])
+    saved = checkpointing.params_fingerprint(params)
+    if saved != expected:
+        # Flax would run a deeper checkpoint as the shallower model without a word.
+        raise ValueError(
+            f"config.distill.teacher_checkpoint={path!r} (step {step}) is not a checkpoint of "
+            "config.distill.teacher_model: "
+            + checkpointing.describe_mismatch(saved, expected, ours="teacher_model"))
+    return params, step
+
+
+def _image_shape(model: vit.VisionTransformer) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of ``model``'s input images."""
+    size = model.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return height, width, model.num_channels
 
 
 @register_task("distillation")
@@ -165,7 +186,7 @@ class DistillationTask(ClassificationTask):
             raise ValueError(f"config.distill.teacher_model has {self.teacher.num_classes} "
                              f"classes and the student {self.num_classes}: distillation "
                              "compares their logits class by class, so they must be equal")
-        self._teacher_params = None
+        self._teacher_params, self._teacher_step = None, None
         if self.feature_weight or self.attention_weight:
             student_grid, teacher_grid = self.model.grid_size, self.teacher.grid_size
             if student_grid != teacher_grid:
@@ -227,8 +248,34 @@ class DistillationTask(ClassificationTask):
         if self.options.method == "none":
             return {}
         if self._teacher_params is None:
-            self._teacher_params = load_teacher_params(self.options.teacher_checkpoint,
-                                                       self.teacher)
+            self._teacher_params, self._teacher_step = load_teacher_params(
+                self.options.teacher_checkpoint, self.teacher)
+        return {"teacher": self._teacher_params}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        if self.options.method == "none":
+            return {}
+        self.frozen_variables()
+        return {"teacher": {"checkpoint": self.options.teacher_checkpoint,
+                            "step": self._teacher_step}}
+
+    def resumed_frozen_variables(self, meta: dict[str, Any]) -> Any:
+        """The teacher of the checkpoint's run: the teacher's workdir may have gone on
+        training since, and its newest step would switch teachers in the middle of a run."""
+        saved = meta.get("teacher")
+        frozen = self.frozen_variables()
+        if not saved or saved.get("step") is None or saved["step"] == self._teacher_step:
+            return frozen
+        if saved["checkpoint"] != self.options.teacher_checkpoint:
+            raise ValueError(
+                f"config.distill.teacher_checkpoint={self.options.teacher_checkpoint!r}, but the "
+                f"run being resumed was trained with the teacher {saved['checkpoint']!r} at step "
+                f"{saved['step']}: resume with that teacher_checkpoint, or use a new workdir")
+        logging.info("the teacher %s is at step %s now; resuming with its step %s, which "
+                     "this run was trained with", saved["checkpoint"], self._teacher_step,
+                     saved["step"])
+        self._teacher_params, self._teacher_step = load_teacher_params(
+            saved["checkpoint"], self.teacher, saved["step"])
         return {"teacher": self._teacher_params}
 
     def teacher_logits(self, frozen: Any, images: jax.Array) -> jax.Array:
@@ -340,12 +387,7 @@ class DistillationTask(ClassificationTask):
         dummy = self.dummy_batch(self.config.get("report_batch_size", 32))["image"]
         models = {"student": (self.model, student_only(params))}
         if "teacher" in frozen:
-            teacher_images = np.zeros((dummy.shape[0], *self._teacher_image_shape()),
+            teacher_images = np.zeros((dummy.shape[0], *_image_shape(self.teacher)),
                                       np.float32)
             models["teacher"] = (self.teacher, frozen["teacher"], teacher_images)
         return compression_report.write_report(workdir, models, dummy, final_eval)
-
-    def _teacher_image_shape(self) -> tuple[int, int, int]:
-        size = self.teacher.image_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return height, width, self.teacher.num_channels

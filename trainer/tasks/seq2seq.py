@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -11,8 +12,13 @@ import numpy as np
 import input_pipeline
 import input_pipeline.text
 import transformer
+from trainer import partitioning
 from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, Task, masked_sum, register_task
+
+# The source's own default, for a config that does not set source_kwargs.max_len.
+_SYNTHETIC_MAX_LEN_DEFAULT = inspect.signature(
+    input_pipeline.Seq2SeqTaskSource).parameters["max_len"].default
 
 
 def build_transformer(model_config: Any, vocab_size: int, dtype: Any) -> transformer.Transformer:
@@ -50,7 +56,9 @@ class Seq2SeqTask(Task):
                                        common.computation_dtype(config))
         if config.dataset.name.startswith("synthetic/"):
             # Synthetic examples hold max_len content tokens, a possible carry digit and EOS.
-            self.max_length = config.dataset.source_kwargs.max_len + 2
+            max_len = config.dataset.get("source_kwargs", {}).get(
+                "max_len", _SYNTHETIC_MAX_LEN_DEFAULT)
+            self.max_length = max_len + 2
         else:
             self.max_length = config.dataset.get("max_length", self.model.max_length)
         if self.max_length > self.model.max_length:
@@ -105,12 +113,13 @@ class Seq2SeqTask(Task):
         for index, batch in enumerate(self.eval_batches(process_index, process_count)):
             if index >= self.config.bleu_eval_batches:
                 break
-            tokens = np.asarray(multihost_utils.process_allgather(
-                decode(params, jnp.asarray(batch["inputs"]))))
-            targets = np.asarray(multihost_utils.process_allgather(batch["targets"]))
-            mask = np.asarray(multihost_utils.process_allgather(batch["mask"])) > 0
-            tokens = tokens.reshape(-1, tokens.shape[-1])[mask.reshape(-1)]
-            targets = targets.reshape(-1, targets.shape[-1])[mask.reshape(-1)]
+            # One global array per key, as the eval step gets them (each host holds its part),
+            # gathered whole onto every host in the same row order.
+            batch = partitioning.global_batch(
+                {key: batch[key] for key in ("inputs", "targets", "mask")}, mesh)
+            tokens, targets, mask = (np.asarray(x) for x in multihost_utils.process_allgather(
+                (decode(params, batch["inputs"]), batch["targets"], batch["mask"]), tiled=True))
+            tokens, targets = tokens[mask > 0], targets[mask > 0]
             hypotheses += [tokenizer.decode(t) for t in tokens]
             references += [tokenizer.decode(t) for t in targets]
         if not hypotheses:
