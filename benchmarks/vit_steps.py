@@ -51,6 +51,40 @@ def _jitted_step_and_forward(model: vit.VisionTransformer, tx: optax.GradientTra
     return step, forward
 
 
+def _optimizer() -> optax.GradientTransformation:
+    return optax.adamw(1e-3, weight_decay=0.05)
+
+
+def _create(name: str, image_size: int, precision: str, attention: str,
+            overrides: dict[str, Any]) -> vit.VisionTransformer:
+    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    return vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
+                            attention_implementation=attention, **overrides)
+
+
+def model_flops(name: str, batch_size: int, image_size: int, precision: str,
+                attention: str = "xla",
+                model_overrides: dict[str, Any] | None = None) -> tuple[float, float]:
+    """``(train_flops, infer_flops)``: XLA's count of the lowered training step and inference
+    pass (trainer.throughput, as the launcher counts them), lowered on shapes only.
+
+    The model is counted without a scanned stack or rematerialisation: XLA's cost analysis
+    counts a loop's body once, and recomputation is not model arithmetic.
+    """
+    plain = {k: v for k, v in (model_overrides or {}).items()
+             if k not in ("scan_layers", "remat_policy")}
+    model = _create(name, image_size, precision, attention, plain)
+    images = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+    params = params["params"]
+    tx = _optimizer()
+    step, forward = _jitted_step_and_forward(model, tx, {})
+    return (lowered_flops(step, params, jax.eval_shape(tx.init, params), images, labels),
+            lowered_flops(forward, params, images))
+
+
 def training_step(name: str, batch_size: int, image_size: int, precision: str,
                   attention: str = "xla",
                   compiler_options: dict[str, Any] | None = None,
@@ -66,37 +100,18 @@ def training_step(name: str, batch_size: int, image_size: int, precision: str,
     image_size, 3]``. ``compiler_options`` (XLA debug options for ``jax.jit``) default to the
     launcher's (trainer.xla_cpu); ``model_overrides`` are ``vit.VisionTransformer`` fields.
     """
-    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    overrides = dict(model_overrides or {})
-
-    def create(fields):
-        return vit.create_model(name, num_classes=1000, image_size=image_size, dtype=dtype,
-                                attention_implementation=attention, **fields)
-
-    model = create(overrides)
+    model = _create(name, image_size, precision, attention, model_overrides or {})
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 1000, size=(batch_size,)), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
-    tx = optax.adamw(1e-3, weight_decay=0.05)
+    tx = _optimizer()
     opt_state = tx.init(params)
     # By default the launcher's compiler options (trainer.xla_cpu): the launcher's figures.
     options = xla_cpu.compiler_options() if compiler_options is None else compiler_options
     step_jit, forward = _jitted_step_and_forward(model, tx, options)
-    # The launcher's count (trainer.throughput): the lowered program's FLOPs, of the same
-    # model without a scanned stack or rematerialisation (a loop's body is counted once,
-    # recomputation is not model arithmetic), as the launcher counts them.
-    plain = {k: v for k, v in overrides.items() if k not in ("scan_layers", "remat_policy")}
-    counted_step, counted_forward = step_jit, forward
-    counted_params, counted_opt_state = params, opt_state
-    if plain != overrides:
-        counting_model = create(plain)
-        counted_params = jax.eval_shape(counting_model.init, jax.random.key(0),
-                                        images[:1])["params"]
-        counted_opt_state = jax.eval_shape(tx.init, counted_params)
-        counted_step, counted_forward = _jitted_step_and_forward(counting_model, tx, options)
-    train_flops = lowered_flops(counted_step, counted_params, counted_opt_state, images, labels)
-    infer_flops = lowered_flops(counted_forward, counted_params, images)
+    train_flops, infer_flops = model_flops(name, batch_size, image_size, precision, attention,
+                                           model_overrides)
     lowered_step = step_jit.lower(params, opt_state, images, labels)
     step = lowered_step.compile()
     holder = {"params": params, "opt_state": opt_state}

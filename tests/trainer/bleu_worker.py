@@ -1,7 +1,8 @@
-"""One process of the multi-host BLEU test: ``python -m tests.trainer.bleu_worker PROCESS_ID
-NUM_PROCESSES PORT`` prints the BLEU of ``Seq2SeqTask.generation_metrics`` on a tiny
-untrained model, with the parameters held as the launcher holds them (global arrays over
-the devices of every process)."""
+"""The multi-host BLEU test's computation: ``generation_metrics()`` is the BLEU of
+``Seq2SeqTask.generation_metrics`` on a tiny untrained model, with the parameters held as the
+launcher holds them (global arrays over the devices of every process);
+``python -m tests.trainer.bleu_worker PROCESS_ID NUM_PROCESSES PORT`` prints it from one
+process of a multi-host run."""
 
 import json
 import sys
@@ -23,8 +24,11 @@ class _Tokenize:
 
 
 def main(process_id: int, num_processes: int, port: int) -> None:
-    if num_processes > 1:
-        partitioning.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
+    partitioning.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
+    print("BLEU " + json.dumps(generation_metrics()), flush=True)
+
+
+def generation_metrics() -> dict:
     import jax
 
     from tests.trainer.tiny import tiny_seq2seq_config
@@ -41,9 +45,8 @@ def main(process_id: int, num_processes: int, port: int) -> None:
     shardings = partitioning.state_shardings(abstract, mesh, 2**18)
     state = jax.jit(lambda: init_state(task, tx, 0, dummy), out_shardings=shardings)()
     task._tokenize = _Tokenize()  # what a text dataset's transforms() sets
-    metrics = task.generation_metrics(state.params, {}, mesh, jax.process_index(),
-                                      jax.process_count())
-    print("BLEU " + json.dumps(metrics), flush=True)
+    return task.generation_metrics(state.params, {}, mesh, jax.process_index(),
+                                   jax.process_count())
 
 
 if __name__ == "__main__":

@@ -440,22 +440,29 @@ def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, 
 
     teacher = str(tmp_path / "teacher")
     shutil.copytree(teacher_workdir, teacher)
+
+    def student_config(**fields):
+        config = distill_digits.get_config("soft")
+        for key, value in TEACHER.items():
+            config.distill.teacher_model[key] = value
+        config.distill.teacher_checkpoint = teacher
+        config.dataset.data_dir = digits_data_dir
+        config.schedule.warmup_steps = 2
+        config.update(dict(num_train_steps=6, checkpoint_every_steps=3, eval_every_steps=6,
+                           log_every_steps=3, batch_size=32, eval_batch_size=64,
+                           report_batch_size=8, progress_bar=False, log_mfu=False, **fields))
+        return config
+
     student = str(tmp_path / "student")
-    flags = (*STEP_FLAGS, *TEACHER_FLAGS, f"--config.distill.teacher_checkpoint={teacher}",
-             f"--config.dataset.data_dir={digits_data_dir}", "--config.report_batch_size=8")
-    run_launcher("configs/distill_digits.py:soft", student, *flags, "--config.stop_after_step=3")
+    train_and_evaluate(student_config(stop_after_step=3), student)
     overrides = {f"model.{k}": v for k, v in TEACHER.items()}
     train_and_evaluate(tiny_digits_config(digits_data_dir, num_train_steps=6, **overrides),
                        teacher)  # the teacher's run goes on from step 4 to 6
-    run_launcher("configs/distill_digits.py:soft", student, *flags)
+    train_and_evaluate(student_config(), student)
     _, step, meta = restore_params_with_meta(student)
     assert step == 6 and meta["teacher"] == {"checkpoint": teacher, "step": 4}
 
-    config = distill_digits.get_config("soft")
-    for key, value in TEACHER.items():
-        config.distill.teacher_model[key] = value
-    config.distill.teacher_checkpoint = teacher
-    frozen = create_task(config).resumed_frozen_variables(meta)["teacher"]
+    frozen = create_task(student_config()).resumed_frozen_variables(meta)["teacher"]
     pinned, newest = restore_params(teacher, 4), restore_params(teacher)
     for got, want in zip(jax.tree.leaves(frozen), jax.tree.leaves(pinned), strict=True):
         np.testing.assert_array_equal(got, want)
