@@ -64,15 +64,15 @@ class ClassificationTask(Task):
         self.model = build_vit(config.model, common.computation_dtype(config))
         self.num_classes = config.model.num_classes
 
-    def image_transforms(self, spec: str) -> list:
-        """The preprocessing ``spec``, then only ``EXAMPLE_KEYS``.
+    def image_transforms(self, spec: str, keys: tuple[str, ...] = EXAMPLE_KEYS) -> list:
+        """The preprocessing ``spec``, then only ``keys`` of each example.
 
         TFDS image datasets carry features the task never reads: strings (cifar10's ``id``,
         ImageNet's and the Oxford sets' ``file_name``), which JAX refuses, and variable-size
         arrays (oxford_iiit_pet's ``segmentation_mask``), which cannot be batched at all; so
         they are dropped per example, before the batcher sees them.
         """
-        return [*input_pipeline.parse_preprocess(spec), input_pipeline.Keep(*EXAMPLE_KEYS)]
+        return [*input_pipeline.parse_preprocess(spec), input_pipeline.Keep(*keys)]
 
     def train_iterator(self, process_index: int, process_count: int):
         return common.train_iterator(self.config, self.image_transforms(self.config.pp_train),

@@ -50,7 +50,7 @@ import input_pipeline
 import vit
 from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, masked_sum, register_task
-from trainer.tasks.classification import ClassificationTask, build_vit
+from trainer.tasks.classification import EXAMPLE_KEYS, ClassificationTask, build_vit
 
 METHODS = ("soft", "hard", "deit_token", "none")
 # The step takes the gradient of one number: distill.losses' "none" (a loss per example) is
@@ -203,7 +203,9 @@ class DistillationTask(ClassificationTask):
         source = input_pipeline.PartiallyLabelled(
             common.data_source(self.config, self.config.dataset.train_split),
             common.data_source(self.config, self.unlabelled_split))
-        transforms = input_pipeline.parse_preprocess(self.config.pp_train)
+        # PartiallyLabelled adds label_weight (0 for the unlabelled examples).
+        transforms = self.image_transforms(self.config.pp_train,
+                                           keys=(*EXAMPLE_KEYS, "label_weight"))
         return common.train_iterator(self.config, transforms, process_index, process_count,
                                      source=source)
 
