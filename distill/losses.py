@@ -77,11 +77,25 @@ def _check_same_shape(what: str, student: Array, teacher: Array, hint: str = "")
                          f"{teacher.shape}{hint}")
 
 
-def _weighted_mean(values: Array, weights: ArrayLike | None) -> Array:
-    """Mean of ``values``, or ``Σ w·v / Σ w`` with ``weights`` broadcast to ``values``."""
+def _checked_weights(name: str, weights: ArrayLike, shape: tuple[int, ...]) -> Array:
+    """``weights`` as float32 broadcast to ``shape``, which it must have (or size-1 axes in
+    its place): broadcasting aligns trailing axes, so per-example weights ``[B]`` against
+    per-token values ``[B, L]`` would weigh positions (when B == L) instead of raising."""
+    weights = _float32(weights)
+    fits = weights.ndim == len(shape) and all(
+        w in (1, v) for w, v in zip(weights.shape, shape, strict=True))
+    if weights.ndim and not fits:  # a scalar weighs every entry alike
+        raise ValueError(f"{name} has shape {weights.shape}; expected {shape} (one weight per "
+                         "entry of the leading axes) or size-1 axes in its place")
+    return jnp.broadcast_to(weights, shape)
+
+
+def _weighted_mean(values: Array, weights: ArrayLike | None, name: str = "weights") -> Array:
+    """Mean of ``values``, or ``Σ w·v / Σ w`` with ``weights`` (the argument ``name``) of
+    ``values``'s shape (size-1 axes broadcast)."""
     if weights is None:
         return jnp.mean(values)
-    weights = jnp.broadcast_to(_float32(weights), values.shape)
+    weights = _checked_weights(name, weights, values.shape)
     # `where` keeps an inf/NaN at a padded position (weight 0) out of the sum: 0 · inf is NaN.
     total = jnp.sum(jnp.where(weights != 0, values * weights, 0.0))
     # A fully padded batch (Σ w = 0) gives 0 rather than 0/0.
@@ -90,7 +104,9 @@ def _weighted_mean(values: Array, weights: ArrayLike | None) -> Array:
 
 def _labelled(label_term: Array, label_weights: ArrayLike | None) -> Array:
     """The per-example label term, zero where ``label_weights`` is 0 (unlabelled)."""
-    return label_term if label_weights is None else label_term * _float32(label_weights)
+    if label_weights is None:
+        return label_term
+    return label_term * _checked_weights("label_weights", label_weights, label_term.shape)
 
 
 def _cross_entropy(logits: ArrayLike, labels: ArrayLike, label_smoothing: float) -> Array:
@@ -324,7 +340,7 @@ def top1_agreement(
     teacher = _teacher(teacher_logits)
     _check_same_shape("top1_agreement logits", student, teacher)
     same = jnp.argmax(student, axis=-1) == jnp.argmax(teacher, axis=-1)
-    return _weighted_mean(same.astype(jnp.float32), mask)
+    return _weighted_mean(same.astype(jnp.float32), mask, "mask")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +388,7 @@ def hidden_state_mse(
     teacher = _teacher(teacher_hidden)
     _check_same_shape("hidden_state_mse", student, teacher, _PROJECT_HINT)
     per_token = jnp.mean((student - teacher) ** 2, axis=-1)
-    return _weighted_mean(per_token, mask)
+    return _weighted_mean(per_token, mask, "mask")
 
 
 def hidden_state_cosine(
@@ -398,7 +414,7 @@ def hidden_state_cosine(
     norms = jnp.sqrt(jnp.maximum(jnp.sum(student**2, -1), eps**2)) * jnp.sqrt(
         jnp.maximum(jnp.sum(teacher**2, -1), eps**2))
     cosine = jnp.sum(student * teacher, axis=-1) / jnp.maximum(norms, eps)
-    return _weighted_mean(1.0 - cosine, mask)
+    return _weighted_mean(1.0 - cosine, mask, "mask")
 
 
 def attention_kl(
@@ -420,8 +436,8 @@ def attention_kl(
       student_probs, teacher_probs: ``[batch, heads, q_length, kv_length]``, rows summing to 1
         (rows of fully masked queries may be all zero). Head counts must match (MiniLM
         distils the last layer with equal head counts).
-      mask: optional ``[batch, q_length]`` valid query positions (or anything broadcastable to
-        ``[batch, heads, q_length]``).
+      mask: optional ``[batch, q_length]`` valid query positions (or ``[batch, heads or 1,
+        q_length]``).
 
     Returns:
       A float32 scalar; 0 when the maps are equal.
@@ -435,4 +451,4 @@ def attention_kl(
         mask = _float32(mask)
         if mask.ndim == 2 and per_row.ndim == 3:  # [batch, q_length] -> [batch, 1, q_length]
             mask = mask[:, None, :]
-    return _weighted_mean(per_row, mask)
+    return _weighted_mean(per_row, mask, "mask")

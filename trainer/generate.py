@@ -103,10 +103,11 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     """Yields one decoded line per input line (see the module docstring)."""
     config = load_run_config(workdir)
     model = build_transformer(config.model, config.model.vocab_size, jnp.float32)
-    params = restore_params(workdir)
     max_length = model.max_length
-    codec = LineCodec(config, max_length, config.model.vocab_size)
     max_decode_length = options.pop("max_decode_length", 0) or max_length
+    decoding.check_max_decode_length(max_decode_length, model)  # before the restore
+    params = restore_params(workdir)
+    codec = LineCodec(config, max_length, config.model.vocab_size)
     batch_size = options.pop("batch_size", 32)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(

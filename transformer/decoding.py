@@ -57,12 +57,19 @@ def make_tokens_to_logits(model: Transformer, params: Any, encoded: Array,
     return tokens_to_logits
 
 
-def _check_decode_args(inputs: Array, max_decode_length: int, vocab_size: int) -> None:
+def check_max_decode_length(max_decode_length: int, model: Transformer) -> None:
+    """Raises unless ``1 <= max_decode_length <= model.max_length`` (the position table's
+    length, which the decode cache indexes)."""
+    if not 1 <= max_decode_length <= model.max_length:
+        raise ValueError(f"max_decode_length={max_decode_length} must be in [1, "
+                         f"model.max_length={model.max_length}]")
+
+
+def _check_decode_args(inputs: Array, max_decode_length: int, model: Transformer) -> None:
     if inputs.ndim != 2:
         raise ValueError(f"inputs must be [batch, source_length] token ids; got {inputs.shape}")
-    if max_decode_length < 1:
-        raise ValueError(f"max_decode_length={max_decode_length} must be >= 1")
-    check_token_ids(inputs, vocab_size, "inputs")
+    check_max_decode_length(max_decode_length, model)
+    check_token_ids(inputs, model.vocab_size, "inputs")
 
 
 # ----------------------------------------------------------------------------- token choice
@@ -80,15 +87,20 @@ def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
     if top_k:
         if top_k < 0:
             raise ValueError(f"top_k={top_k} must be >= 0")
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        # A k beyond the vocabulary keeps everything (as in HF's transformers).
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits < kth, NEG_INF, logits)
     if top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-        logits = jnp.where(logits < cutoff, NEG_INF, logits)
+        # By rank, not by logit value: tokens tied with the last one kept would all pass a
+        # value cutoff (bf16 logits tie often), and the kept mass could be far above top_p.
+        order = jnp.argsort(-logits, axis=-1)  # stable: ties by token id
+        sorted_probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token once the mass
+        # before it does (the most likely token is always kept).
+        drop_sorted = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs >= top_p
+        rows = jnp.arange(logits.shape[0])[:, None]
+        drop = jnp.zeros_like(drop_sorted).at[rows, order].set(drop_sorted)
+        logits = jnp.where(drop, NEG_INF, logits)
     return logits
 
 
@@ -261,7 +273,7 @@ def decode(model: Transformer, params: Any, inputs: Array, *, max_decode_length:
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not supported; expected one of {STRATEGIES}")
-    _check_decode_args(inputs, max_decode_length, model.vocab_size)
+    _check_decode_args(inputs, max_decode_length, model)
     batch_size, source_length = inputs.shape
     encoded = model.apply({"params": params}, inputs, method="encode")
     if strategy != "beam":

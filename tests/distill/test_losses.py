@@ -480,3 +480,21 @@ def test_invalid_arguments_name_the_argument(call, pieces):
         call()
     for piece in pieces:
         assert piece in str(error.value)
+
+
+def test_weights_of_another_shape_are_refused_not_broadcast_along_other_axes():
+    """Per-example weights ``[B]`` against per-token values ``[B, L]``: broadcasting aligns
+    trailing axes, so with B == L they used to weigh positions instead of examples."""
+    student = jnp.zeros((3, 3))
+    teacher = jnp.ones((3, 3))
+    per_example = jnp.array([1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\); expected \(3, 3\)"):
+        distill.hidden_state_mse(student[..., None], teacher[..., None], mask=per_example)
+    with pytest.raises(ValueError, match=r"label_weights has shape \(2,\); expected \(4,\)"):
+        distill.hinton_loss(jnp.zeros((4, 5)), jnp.zeros((4, 5)), jnp.zeros(4, jnp.int32),
+                            temperature=2.0, alpha=0.5, label_weights=jnp.ones(2))
+    # The documented shapes, and size-1 axes, still work.
+    assert distill.hidden_state_mse(student[..., None], teacher[..., None],
+                                    mask=per_example[:, None]) == pytest.approx(1.0)
+    assert distill.hidden_state_mse(student[..., None], teacher[..., None],
+                                    mask=jnp.ones((3, 3))) == pytest.approx(1.0)

@@ -188,6 +188,23 @@ def test_filter_logits_top_p_and_errors():
         decoding.filter_logits(logits, top_p=0.0)
 
 
+def test_top_p_keeps_the_smallest_prefix_even_among_tied_tokens():
+    """Tied logits (frequent in bf16) all passed a cutoff by value: [0.4, 0.2, 0.2, 0.2] at
+    p=0.5 kept the four tokens where two reach the mass; a second row checks rows apart."""
+    logits = jnp.log(jnp.array([[0.4, 0.2, 0.2, 0.2], [0.1, 0.2, 0.2, 0.5]]))
+    kept = np.asarray(decoding.filter_logits(logits, top_p=0.5)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept, [[True, True, False, False],
+                                         [False, False, False, True]])
+    kept = np.asarray(decoding.filter_logits(logits, top_p=0.6)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept.sum(-1), [2, 2])
+
+
+def test_top_k_beyond_the_vocabulary_keeps_every_token():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = np.asarray(decoding.filter_logits(logits, top_k=20)) > decoding.NEG_INF / 2
+    assert kept.all()
+
+
 def test_decode_argument_errors(model_and_params):
     model, params = model_and_params
     with pytest.raises(ValueError, match="strategy"):
@@ -196,6 +213,9 @@ def test_decode_argument_errors(model_and_params):
         decoding.decode(model, params, SOURCE, max_decode_length=4, strategy="sample")
     with pytest.raises(ValueError, match="max_decode_length"):
         decoding.decode(model, params, SOURCE, max_decode_length=0)
+    with pytest.raises(ValueError, match=rf"max_decode_length={model.max_length + 1} must be "
+                                         rf"in \[1, model.max_length={model.max_length}\]"):
+        decoding.decode(model, params, SOURCE, max_decode_length=model.max_length + 1)
 
 
 def test_source_ids_outside_the_vocabulary_fail_before_decoding(model_and_params):
