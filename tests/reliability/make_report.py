@@ -19,9 +19,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # (fault, how it is tried, pytest node id)
 FAULTS = [
-    ("Two hosts instead of one", "2 processes × 4 CPU devices (jax.distributed, gloo) vs "
-     "1 process × 8: same losses and parameters",
+    ("Two hosts instead of one", "2 processes × 4 CPU devices (jax.distributed, gloo), the "
+     "parameters sharded over both (FSDP), vs 1 process × 8: same losses and parameters",
      "tests/trainer/test_multihost.py::test_two_processes_match_one_process"),
+    ("Damaged checkpoint seen by two hosts", "2 processes restore from a workdir whose newest "
+     "checkpoint is damaged: both fall back to the same step, process 0 alone moves it aside",
+     "tests/trainer/test_checkpointing.py::"
+     "test_two_processes_restore_the_same_step_and_process_zero_moves_the_damage"),
     ("SIGKILL at a random step", "kill -9 after a random logged step, restart the same "
      "command: bitwise parameters, identical metrics.jsonl, no step twice",
      "tests/trainer/test_sigkill.py"),
@@ -37,6 +41,19 @@ FAULTS = [
      "tests/trainer/test_resume.py::test_workdir_of_another_model_is_refused"),
     ("NaN loss", "learning rate 1e30: stops naming the step; last checkpoint finite",
      "tests/trainer/test_resume.py::test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint"),
+    ("Overflowing update", "an update that overflows after a finite loss: its parameters are "
+     "never checkpointed, and the step is named",
+     "tests/trainer/test_resume.py::test_parameters_of_an_overflowing_update_are_never_checkpointed"),
+    ("Overflowing optimizer state", "gradients of 1e20: Adam's second moment is inf while the "
+     "parameters stay finite; caught before a save", "tests/trainer/test_nonfinite_state.py"),
+    ("Optimizer changed on resume", "restart with another optimizer: refused naming the "
+     "optimizer state, every checkpoint kept, the original optimizer still resumes",
+     "tests/trainer/test_resume.py::"
+     "test_resume_with_another_optimizer_is_refused_and_keeps_every_checkpoint"),
+    ("Teacher trained on during a resume", "the teacher's workdir gains steps while the student "
+     "is stopped: the resumed student keeps the teacher step it started with",
+     "tests/trainer/test_distillation.py::"
+     "test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with"),
     ("Full disk", "workdir on a 16 MB tmpfs filled to its last 8 KB: the save fails naming "
      "the step and ENOSPC, the earlier checkpoints are kept, no partial step is left; after "
      "freeing space the same command resumes",
@@ -49,6 +66,9 @@ FAULTS = [
      "tests/trainer/test_resume.py::test_second_run_on_a_busy_workdir_is_refused"),
     ("Bad images and labels", "wrong rank, size, channels, dtype; labels outside the classes",
      "tests/reliability/test_bad_input.py"),
+    ("Dataset fields the task does not read", "TFDS-like sources with string and variable-size "
+     "features (oxford_iiit_pet's file_name, segmentation_mask): dropped before batching",
+     "tests/input_pipeline/test_classification_inputs.py"),
     ("Bad images at the model", "wrong shapes and dtypes fail before XLA",
      "tests/vit/test_errors.py"),
     (".npz of another architecture", "wider / shallower checkpoint: ValueError naming key and "
