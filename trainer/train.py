@@ -270,19 +270,18 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 if step == start_step:
                     task.check_batch(batch, "training batch")
                 global_batch = partitioning.global_batch(batch, mesh)
-                if step == start_step:
-                    if config.get("log_mfu", True):
-                        try:
-                            step_flops = model_flops_per_step(config, tx, schedule, train_step,
-                                                              state, global_batch, frozen)
-                        except throughput.LoopInProgramError as error:
-                            writer.text(f"train/mfu not logged: {error}")
-                        if step_flops:
-                            peak, peak_source = throughput.peak_flops(
-                                "bfloat16" if config.get("mixed_precision") else "float32")
-                            writer.text(f"train step: {step_flops / 1e9:,.4g} GFLOP (XLA cost "
-                                        f"analysis); peak {peak / 1e12:,.4g} TFLOP/s "
-                                        f"({peak_source})")
+                if step == start_step and config.get("log_mfu", True):
+                    try:
+                        step_flops = model_flops_per_step(config, tx, schedule, train_step,
+                                                          state, global_batch, frozen)
+                    except throughput.LoopInProgramError as error:
+                        writer.text(f"train/mfu not logged: {error}")
+                    if step_flops:
+                        peak, peak_source = throughput.peak_flops(
+                            "bfloat16" if config.get("mixed_precision") else "float32")
+                        writer.text(f"train step: {step_flops / 1e9:,.4g} GFLOP (XLA cost "
+                                    f"analysis); peak {peak / 1e12:,.4g} TFLOP/s "
+                                    f"({peak_source})")
                 state, metrics = train_step(state, global_batch, frozen)
                 step += 1
                 steps_done += 1

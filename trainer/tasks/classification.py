@@ -86,8 +86,7 @@ class ClassificationTask(Task):
         check_image_batch(batch, self.model, where)
 
     def dummy_batch(self, batch_size: int) -> Batch:
-        size = self.model.image_size
-        height, width = (size, size) if isinstance(size, int) else size
+        height, width = vit.model.to_pair(self.model.image_size, "image_size")
         return {
             "image": np.zeros((batch_size, height, width, self.model.num_channels), np.float32),
             "label": np.zeros((batch_size,), np.int32),

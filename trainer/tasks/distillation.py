@@ -143,9 +143,7 @@ def load_teacher_params(path: str, model: vit.VisionTransformer,
 
 def _image_shape(model: vit.VisionTransformer) -> tuple[int, int, int]:
     """``(height, width, channels)`` of ``model``'s input images."""
-    size = model.image_size
-    height, width = (size, size) if isinstance(size, int) else size
-    return height, width, model.num_channels
+    return (*vit.model.to_pair(model.image_size, "image_size"), model.num_channels)
 
 
 @register_task("distillation")
@@ -285,8 +283,7 @@ class DistillationTask(ClassificationTask):
 
     def _teacher_forward(self, frozen: Any, images: jax.Array, with_blocks: bool):
         """Teacher logits (and its blocks' outputs), behind ``stop_gradient``."""
-        size = self.teacher.image_size
-        height, width = (size, size) if isinstance(size, int) else size
+        height, width, _ = _image_shape(self.teacher)
         if images.shape[1:3] != (height, width):
             images = jax.image.resize(images, (images.shape[0], height, width, images.shape[3]),
                                       "bilinear")
