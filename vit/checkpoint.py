@@ -33,6 +33,10 @@ from vit.model import VisionTransformer, to_pair
 OFFICIAL_CHECKPOINTS = "gs://vit_models/imagenet21k/ and gs://vit_models/augreg/"
 _SCANNED_BLOCK = "Transformer/encoderblock/block/"
 _POSEMBED = "Transformer/posembed_input/pos_embedding"
+# Not a parameter: the (height, width) patch grid of the position table, written by
+# save_npz(grid_size=...) because a table's length alone cannot tell 4x9 from 6x6. A key at
+# the top level, outside the parameter tree, which the official and timm loaders skip.
+POSEMBED_GRID = "posembed_grid"
 # Parameters of the tokens that precede the patches in the position table, in that order.
 _PREFIX_TOKENS = ("cls", "dist_token")
 _TOKEN_KINDS = {"cls": "class token", "dist_token": "distillation token"}
@@ -99,14 +103,26 @@ def canonical_block_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def save_npz(params: Any, path: str) -> None:
+def save_npz(params: Any, path: str, *, grid_size: tuple[int, int] | None = None) -> None:
     """Writes ``params`` in the official flat layout (per-layer blocks even from a scanned
     model), readable by the official code and by ``load_pretrained``.
+
+    ``grid_size`` (the model's ``grid_size``, ``(height, width)`` in patches) is recorded
+    beside the parameters as ``posembed_grid``, so that ``load_pretrained`` reads the
+    position table on that grid. It matters for a non-square grid whose number of positions
+    is a square (4x9 = 36 = 6x6): unrecorded, such a table is read as the square grid of the
+    official checkpoints and resized.
 
     Atomic: the archive is written to a temporary file next to ``path``, synced, then renamed
     over it, so a save that fails midway (disk full, preemption) leaves any old file intact.
     """
     flat = unstack_scanned_blocks(flatten_params(jax.device_get(params)))
+    if grid_size is not None:
+        grid = np.asarray(grid_size, np.int64)
+        if grid.shape != (2,) or np.any(grid < 1):
+            raise ValueError(f"save_npz: grid_size={grid_size!r} must be the model's "
+                             "(height, width) patch grid, two positive integers")
+        flat[POSEMBED_GRID] = grid
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Same directory: os.replace is only atomic within one file system. "xb" (not mkstemp)
@@ -172,18 +188,27 @@ def _fitted_posembed(loaded: dict[str, np.ndarray], model: VisionTransformer,
                      checkpoint_grid: tuple[int, int] | None) -> np.ndarray:
     """The checkpoint's position table ``[1, prefix + gh*gw, D]`` on ``model``'s grid.
 
-    Resized whenever the checkpoint's grid (``checkpoint_grid``, else square when its number
-    of positions is a square, as in every official checkpoint) differs from the model's, even
-    at an equal number of positions (a 4x4 table read as 2x8 rows would scramble the rows).
-    A non-square count without ``checkpoint_grid`` is taken as the model's own grid when the
-    shapes agree (a table this code saved from the same model).
+    Resized whenever the checkpoint's grid (``checkpoint_grid``, else the grid recorded by
+    ``save_npz``, else square when its number of positions is a square, as in every official
+    checkpoint) differs from the model's, even at an equal number of positions (a 4x4 table
+    read as 2x8 rows would scramble the rows). A non-square count without either is taken as
+    the model's own grid when the shapes agree (a table this code saved from the same model).
     """
     value = loaded[_POSEMBED]
     num_positions = value.shape[1] - model.num_prefix_tokens
-    old_grid = checkpoint_grid or _square_grid(num_positions)
-    if old_grid is None and num_positions == model.grid_size[0] * model.grid_size[1]:
+    recorded = tuple(int(n) for n in loaded[POSEMBED_GRID]) if POSEMBED_GRID in loaded else None
+    old_grid = checkpoint_grid or recorded or _square_grid(num_positions)
+    height, width = model.grid_size
+    if (checkpoint_grid is None and recorded is None and _square_grid(num_positions)
+            and height != width and num_positions == height * width):
+        logging.warning(
+            "%s: %d positions read as a %s grid and resized to the model's %s; if the table "
+            "was saved from a %s model, pass checkpoint_grid=%s (save_npz(..., grid_size=) "
+            "records it)", _POSEMBED, num_positions, old_grid, model.grid_size,
+            model.grid_size, model.grid_size)
+    if old_grid is None and num_positions == height * width:
         return value
-    if old_grid is not None and tuple(old_grid) == tuple(model.grid_size):
+    if old_grid is not None and tuple(old_grid) == (height, width):
         return value
     resized = resize_posembed(value, model.num_prefix_tokens, model.grid_size, old_grid)
     logging.info("%s: resized the %s grid to %s: %s -> %s", _POSEMBED, old_grid,
@@ -352,9 +377,10 @@ def load_pretrained(path: str, model: VisionTransformer,
       head trained on it, see above).
     - The position-embedding grid is resized when the model's grid (from
       ``image_size``, default ``model.image_size``) differs from the checkpoint's
-      (``checkpoint_grid`` ``(height, width)`` in patches; by default square, as in every
-      official checkpoint). A checkpoint with another classifier (class token or not,
-      distillation token or not) is refused with a ``ValueError`` saying so.
+      (``checkpoint_grid`` ``(height, width)`` in patches; else the grid ``save_npz``
+      recorded; else square, as in every official checkpoint). A checkpoint with another
+      classifier (class token or not, distillation token or not) is refused with a
+      ``ValueError`` saying so.
     - A checkpoint with more encoder layers than ``model.num_layers`` raises ``ValueError``
       unless ``allow_fewer_layers=True``, which keeps its first ``num_layers``.
     - Missing keys raise ``ValueError`` listing them; so does any shape that disagrees
@@ -404,7 +430,7 @@ def load_pretrained(path: str, model: VisionTransformer,
 
 
 def _log_unused(loaded: dict[str, np.ndarray], expected: dict[str, Any]) -> None:
-    unexpected = sorted(set(loaded) - set(expected))
+    unexpected = sorted(set(loaded) - set(expected) - {POSEMBED_GRID})
     dropped = [k for k in unexpected if k.split("/")[0] in _HEADS.values()]
     if dropped:
         logging.info("dropping %s: the model has no representation layer", dropped)

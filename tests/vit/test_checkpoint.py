@@ -1,5 +1,7 @@
 """save_npz / load_pretrained: round trip, head replacement, pre_logits, resizing, errors."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +146,36 @@ def test_non_square_checkpoint_grid(tmp_path):
     with pytest.raises(ValueError, match="12 grid positions are not a square grid.*"
                                          "checkpoint_grid"):
         vit.load_pretrained(str(tmp_path / "narrow.npz"), _model())
+
+
+def test_save_npz_records_the_grid_so_a_non_square_table_round_trips(tmp_path, caplog):
+    # 4x9 = 36 = 6x6: unrecorded, the table would be read as the official square grid and
+    # resized (with a warning); recorded by save_npz, it comes back exactly.
+    model = _model(image_size=(16, 36))
+    assert model.grid_size == (4, 9)
+    params = _random_params(model)
+    path = str(tmp_path / "recorded.npz")
+    vit.save_npz(params, path, grid_size=model.grid_size)
+    with np.load(path) as data:
+        assert data["posembed_grid"].tolist() == [4, 9]
+    with caplog.at_level(logging.WARNING):
+        loaded = vit.load_pretrained(path, model)
+    np.testing.assert_array_equal(_posembed(loaded), _posembed(params))
+    assert "ignoring" not in caplog.text and "read as a" not in caplog.text
+    # The recorded grid is resized like a given checkpoint_grid for another model.
+    tall = _model(image_size=(36, 16))
+    np.testing.assert_allclose(
+        _posembed(vit.load_pretrained(path, tall)),
+        vit.resize_posembed(_posembed(params), 1, (9, 4), old_grid=(4, 9)), rtol=1e-6)
+
+    unrecorded = _save(params, tmp_path, "unrecorded.npz")
+    with caplog.at_level(logging.WARNING):
+        guessed = vit.load_pretrained(unrecorded, model)
+    assert "36 positions read as a (6, 6) grid" in caplog.text
+    assert "checkpoint_grid=(4, 9)" in caplog.text
+    assert not np.allclose(_posembed(guessed), _posembed(params))
+    with pytest.raises(ValueError, match=r"grid_size=\(4,\) must be the model's"):
+        vit.save_npz(params, path, grid_size=(4,))
 
 
 def test_resize_of_a_non_square_grid_keeps_the_corners():

@@ -47,6 +47,7 @@ def test_logits_match_official_implementation_live(kind, tmp_path):
     params = official.init(jax.random.key(7), images, train=False)["params"]
     params = jax.tree.map(lambda x: np.random.default_rng(1).normal(size=x.shape) * 0.5,
                           params)
+    params = regenerate.scaled_params(params, kind)
     path = str(tmp_path / "official.npz")
     vit.save_npz(params, path)
     ours = _our_model(kind)
