@@ -71,6 +71,7 @@ def vit_model(name: str, num_classes: int, **fields) -> ml_collections.ConfigDic
         distillation_token=False,
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
+        drop_path_rate=0.0,
         remat_policy="none",
         scan_layers=False,
         attention_implementation="xla",

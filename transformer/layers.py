@@ -30,6 +30,26 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 NORM_PLACEMENTS = ("pre", "post")
 
 
+def drop_path(x: Array, rate: float | Array, rng: jax.Array) -> Array:
+    """Stochastic depth (Huang et al., 2016; DeiT/timm's ``DropPath``): ``x`` ``[batch, ...]``
+    zeroed for whole examples with probability ``rate``, the others scaled by
+    ``1 / (1 - rate)``, so the expectation is ``x``.
+
+    Written here rather than with ``nn.Dropout(broadcast_dims=...)``, which draws the same
+    per-example mask, because a scanned stack gives each layer its own rate as a traced
+    value, and ``nn.Dropout`` needs a Python float.
+    """
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+def _is_zero(rate: float | Array | None) -> bool:
+    """True for a rate known to be 0 when tracing (None or a Python 0); a traced rate is
+    not, and is applied even where its value is 0 (``drop_path`` then returns ``x``)."""
+    return rate is None or (isinstance(rate, (int, float)) and rate == 0.0)
+
+
 def check_block_fields(
     *, num_heads: int, mlp_dim: int, norm_placement: str, activation: str, dropout_rate: float,
     attention_dropout_rate: float, attention_implementation: str,
@@ -147,16 +167,29 @@ class _BlockFields(nn.Module):
 
     def residual(
         self, x: Array, sublayer: Callable[[Array], Array], norm: nn.LayerNorm,
-        deterministic: bool, keep: int | None = None,
+        deterministic: bool, keep: int | None = None, branch_deterministic: bool | None = None,
+        drop_path_rate: float | Array | None = None,
     ) -> Array:
         """``x + dropout(sublayer(norm(x)))`` (pre-LN) or ``norm(x + dropout(sublayer(x)))``
         (post-LN). With ``keep``, ``sublayer`` returns only the first ``keep`` positions and
-        only those are added to (``x[:, :keep]``)."""
+        only those are added to (``x[:, :keep]``). ``branch_deterministic`` (default
+        ``deterministic``) switches the branch's dropout alone, for a sublayer that applies
+        its own; in training, ``drop_path_rate`` drops the whole branch per example
+        (``drop_path``)."""
         drop = nn.Dropout(self.dropout_rate)
+        branch_deterministic = deterministic if branch_deterministic is None \
+            else branch_deterministic
+
+        def branch(y: Array) -> Array:
+            y = drop(sublayer(y), deterministic=branch_deterministic)
+            if deterministic or _is_zero(drop_path_rate):
+                return y
+            return drop_path(y, drop_path_rate, self.make_rng("dropout"))
+
         kept = x if keep is None else x[:, :keep]
         if self.norm_placement == "pre":
-            return kept + drop(sublayer(norm(x)), deterministic=deterministic)
-        return norm(kept + drop(sublayer(x), deterministic=deterministic))
+            return kept + branch(norm(x))
+        return norm(kept + branch(x))
 
 
 class EncoderBlock(_BlockFields):
@@ -176,6 +209,9 @@ class EncoderBlock(_BlockFields):
       dtype / param_dtype: computation / parameter dtypes.
       attention_implementation: ``"xla"`` or ``"cudnn"``.
 
+    ``drop_path_rate`` (a call argument, so that a scanned stack can give each layer its own)
+    drops each residual branch per example in training (stochastic depth).
+
     The block's output ``[batch, length, features]`` (``[batch, n, features]`` with
     ``output_tokens=n``) is sown as ``hidden_state`` in ``"intermediates"`` when that
     collection is mutable.
@@ -183,7 +219,8 @@ class EncoderBlock(_BlockFields):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True,
-                 output_tokens: int | None = None) -> Array:
+                 output_tokens: int | None = None,
+                 drop_path_rate: float | Array | None = None) -> Array:
         """``[batch, length, features]`` -> same shape; ``mask`` as in ``dot_product_attention``.
 
         With ``output_tokens=n`` only the first ``n`` positions are computed and returned
@@ -203,12 +240,14 @@ class EncoderBlock(_BlockFields):
             return attention(queries, y, mask=query_mask, deterministic=deterministic)
 
         x = self.residual(
-            x, attend, self.layer_norm("LayerNorm_0"), deterministic, keep=output_tokens
+            x, attend, self.layer_norm("LayerNorm_0"), deterministic, keep=output_tokens,
+            drop_path_rate=drop_path_rate,
         )
         mlp = self.mlp("MlpBlock_3")
         # The MLP applies its own output dropout, so the branch adds none.
         x = self.residual(
-            x, lambda y: mlp(y, deterministic=deterministic), self.layer_norm("LayerNorm_2"), True
+            x, lambda y: mlp(y, deterministic=deterministic), self.layer_norm("LayerNorm_2"),
+            deterministic, branch_deterministic=True, drop_path_rate=drop_path_rate,
         )
         self.sow("intermediates", "hidden_state", x)
         return x
@@ -250,7 +289,8 @@ class DecoderBlock(_BlockFields):
         )
         mlp = self.mlp("MlpBlock")
         x = self.residual(
-            x, lambda y: mlp(y, deterministic=deterministic), self.layer_norm("LayerNorm_2"), True
+            x, lambda y: mlp(y, deterministic=deterministic), self.layer_norm("LayerNorm_2"),
+            deterministic, branch_deterministic=True,
         )
         self.sow("intermediates", "hidden_state", x)
         return x

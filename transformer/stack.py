@@ -51,27 +51,31 @@ def _wrap_block(block_cls: type[nn.Module], remat_policy: str, static_argnums: t
 
 
 class _ScanBody(nn.Module):
-    """Adapts a block to ``nn.scan``'s ``(carry, x) -> (carry, y)`` signature."""
+    """Adapts a block to ``nn.scan``'s ``(carry, x) -> (carry, y)`` signature; ``x`` is the
+    layer's drop-path rate, passed after the block's other arguments (None: none)."""
 
     block_cls: Any
     block_kwargs: dict
     deterministic: bool  # a field, not an argument: scan would turn an argument into a tracer
 
     @nn.compact
-    def __call__(self, carry: Array, _: None, *arrays) -> tuple[Array, None]:
+    def __call__(self, carry: Array, rate: Array | None, *arrays) -> tuple[Array, None]:
         block = self.block_cls(**self.block_kwargs, name="block")
-        return block(carry, *arrays, self.deterministic), None
+        extra = () if rate is None else (None, rate)  # output_tokens, drop_path_rate
+        return block(carry, *arrays, self.deterministic, *extra), None
 
 
 def _scan_stack(
-    block_cls, num_layers: int, num_arrays: int, deterministic: bool, name: str, **block_kwargs
+    block_cls, num_layers: int, num_arrays: int, deterministic: bool, name: str,
+    per_layer: bool = False, **block_kwargs
 ):
-    """``nn.scan`` of ``block_cls`` over ``num_layers``; ``num_arrays`` inputs broadcast to all."""
+    """``nn.scan`` of ``block_cls`` over ``num_layers``; ``num_arrays`` inputs broadcast to
+    all; with ``per_layer`` the first input is ``[num_layers]`` values, one per layer."""
     scanned = nn.scan(
         _ScanBody,
         variable_axes={"params": 0, "intermediates": 0, "cache": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,) * (1 + num_arrays),
+        in_axes=(0 if per_layer else nn.broadcast,) + (nn.broadcast,) * num_arrays,
         length=num_layers,
     )
     return scanned(
@@ -145,7 +149,22 @@ class Encoder(_StackFields):
         (``jax.checkpoint`` policy per block). On XLA:CPU it saves memory only together with
         ``scan_layers`` (``benchmarks/vit_memory.py``; GPU/TPU not measured here).
       scan_layers: ``nn.scan`` over the blocks (stacked parameters, faster compiles).
+      drop_path_rate: stochastic depth in training: block ``i`` drops each of its residual
+        branches per example with probability ``drop_path_rate * i / (num_layers - 1)``,
+        rising linearly from 0 at the first block, as DeiT and timm do.
     """
+
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        super().__post_init__()
+
+    def layer_drop_path_rates(self) -> list[float]:
+        """The blocks' rates, ``[num_layers]``: ``torch.linspace(0, rate, num_layers)``."""
+        return [self.drop_path_rate * i / max(self.num_layers - 1, 1)
+                for i in range(self.num_layers)]
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False,
@@ -165,21 +184,26 @@ class Encoder(_StackFields):
         )(x, positions)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = x.astype(self.dtype or x.dtype)
-        # ``mask``, ``deterministic`` and ``output_tokens`` are positional for remat's
-        # static_argnums (the scanned body passes no ``output_tokens``).
+        # ``mask``, ``deterministic``, ``output_tokens`` and ``drop_path_rate`` are
+        # positional for remat's static_argnums (self is argument 0).
+        rates = self.layer_drop_path_rates() if train and self.drop_path_rate else None
         if self.scan_layers:
-            # Every scanned layer has one shape, so the last one cannot be cut short.
-            block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3,))
+            # Every scanned layer has one shape, so the last one cannot be cut short; the
+            # rates are scanned over, so traced, and output_tokens (None) is static.
+            block_cls = _wrap_block(EncoderBlock, self.remat_policy,
+                                    static_argnums=(3,) if rates is None else (3, 4))
             x, _ = _scan_stack(
-                block_cls, self.num_layers, 1, not train, "encoderblock", **self.block_kwargs()
-            )(x, None, mask)
+                block_cls, self.num_layers, 1, not train, "encoderblock",
+                per_layer=rates is not None, **self.block_kwargs()
+            )(x, None if rates is None else jnp.asarray(rates, jnp.float32), mask)
             x = x if output_tokens is None else x[:, :output_tokens]
         else:
-            block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3, 4))
+            block_cls = _wrap_block(EncoderBlock, self.remat_policy, static_argnums=(3, 4, 5))
             for i in range(self.num_layers):
                 last = i == self.num_layers - 1
                 x = block_cls(**self.block_kwargs(), name=f"encoderblock_{i}")(
-                    x, mask, not train, output_tokens if last else None)
+                    x, mask, not train, output_tokens if last else None,
+                    None if rates is None else rates[i])
         return self.final_norm(x, "encoder_norm")
 
 

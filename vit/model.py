@@ -81,6 +81,9 @@ class VisionTransformer(nn.Module):
       representation_size: width of the optional ``pre_logits`` Dense+tanh layer (None: none).
       distillation_token: add DeiT's distillation token and its own head ``head_dist``.
       dropout_rate / attention_dropout_rate: dropout inside the encoder (``train=True``).
+      drop_path_rate: stochastic depth in training (DeiT/timm's ``drop_path_rate``): the last
+        block drops each residual branch per example with this probability, the first with
+        none, linearly in between (``transformer.stack.Encoder``).
       head_bias_init: initial head bias (the head kernel starts at zero, as in the official code).
       dtype / param_dtype: computation / parameter dtypes.
       remat_policy / scan_layers / attention_implementation: see ``transformer.stack.Encoder``.
@@ -112,6 +115,7 @@ class VisionTransformer(nn.Module):
     distillation_token: bool = False
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
     head_bias_init: float = 0.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -148,6 +152,8 @@ class VisionTransformer(nn.Module):
             attention_implementation=self.attention_implementation,
         )
         check_stack_fields(self.num_layers, self.remat_policy)
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size={self.representation_size} must be >= 1 "
                              "or None")
@@ -216,6 +222,7 @@ class VisionTransformer(nn.Module):
             attention_implementation=self.attention_implementation,
             remat_policy=self.remat_policy,
             scan_layers=self.scan_layers,
+            drop_path_rate=self.drop_path_rate,
             name="Transformer",
         )(x, train=train, output_tokens=self._tokens_read_by_heads())
 

@@ -468,3 +468,4 @@ def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, 
         np.testing.assert_array_equal(got, want)
     assert any(not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(pinned), jax.tree.leaves(newest), strict=True))
+

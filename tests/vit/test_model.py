@@ -83,6 +83,69 @@ def test_distillation_token_pair_in_training_mean_at_inference():
                                (cls_logits + dist_logits) / 2, rtol=1e-6)
 
 
+def test_drop_path_drops_whole_examples_and_scales_the_rest():
+    from transformer.layers import drop_path
+
+    x = jnp.ones((4000, 3, 2))
+    out = np.asarray(drop_path(x, 0.25, jax.random.key(0)))
+    per_example = out.reshape(4000, -1)
+    assert np.all((per_example == 0).all(1) | np.isclose(per_example, 1 / 0.75).all(1))
+    assert abs((per_example == 0).all(1).mean() - 0.25) < 0.03  # 4.5 standard deviations
+    assert abs(out.mean() - 1.0) < 0.05
+
+
+def _block_states(model, params, images, train, rngs=None):
+    # Jitted: run op by op, the forward passes of these tests take seconds each.
+    apply = jax.jit(lambda p, x, r: model.apply({"params": p}, x, train=train, rngs=r,
+                                                mutable=["intermediates"])[1])
+    blocks = apply(params, images, rngs)["intermediates"]["Transformer"]
+    if "encoderblock" in blocks:  # scanned: [num_layers, ...] under one name
+        (stacked,) = blocks["encoderblock"]["block"]["hidden_state"]
+        return [np.asarray(s) for s in stacked]
+    return [np.asarray(blocks[f"encoderblock_{i}"]["hidden_state"][0]) for i in range(2)]
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, dict(scan_layers=True),
+    pytest.param(dict(scan_layers=True, remat_policy="full"), marks=pytest.mark.slow),
+    pytest.param(dict(remat_policy="dots"), marks=pytest.mark.slow)])
+def test_drop_path_rises_from_none_at_the_first_block_to_the_rate_at_the_last(overrides):
+    """Two blocks, drop_path_rate=0.9: the first block never drops (rate 0), the second
+    drops each branch with probability 0.9, so for most examples (both branches dropped,
+    0.81) its output is its input; evaluation drops nothing."""
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(64, 16, 16, 3)), jnp.float32)
+    plain = _micro()
+    params = _randomized(plain.init(jax.random.key(0), images)["params"])
+    model = _micro(drop_path_rate=0.9, **overrides)
+    model_params = params
+    if model.scan_layers:
+        model_params = unflatten_params(stack_blocks(flatten_params(params), 2))
+    rngs = {"dropout": jax.random.key(3)}
+    first, second = _block_states(model, model_params, images, True, rngs)
+    plain_first, plain_second = _block_states(plain, params, images, True, rngs)
+    np.testing.assert_allclose(first, plain_first, rtol=1e-5, atol=1e-6)
+    unchanged = np.all(np.isclose(second, first, rtol=1e-6, atol=1e-6), axis=(1, 2))
+    assert 0.6 < unchanged.mean() < 0.95, unchanged.mean()
+    assert not np.allclose(second, plain_second)
+    np.testing.assert_allclose(
+        _block_states(model, model_params, images, False)[1],
+        _block_states(plain, params, images, False)[1], rtol=1e-5, atol=1e-6)
+    grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, images, train=True,
+                                                   rngs=rngs).sum()))(model_params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_drop_path_rate_zero_leaves_training_unchanged_and_one_is_refused():
+    model, plain = _micro(drop_path_rate=0.0, dropout_rate=0.2), _micro(dropout_rate=0.2)
+    params = _randomized(plain.init(jax.random.key(0), IMAGES)["params"])
+    rngs = {"dropout": jax.random.key(1)}
+    np.testing.assert_array_equal(
+        *(jax.jit(lambda p, m=m: m.apply({"params": p}, IMAGES, train=True, rngs=rngs))(params)
+          for m in (model, plain)))
+    with pytest.raises(ValueError, match=r"drop_path_rate=1.0 must be in \[0, 1\)"):
+        _micro(drop_path_rate=1.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [dict(scan_layers=True),
                                        dict(scan_layers=True, remat_policy="full"),

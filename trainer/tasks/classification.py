@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import distill
 import input_pipeline
 import vit
 from trainer.tasks import common
@@ -118,8 +119,13 @@ class ClassificationTask(Task):
                train: bool) -> jax.Array:
         rngs = {"dropout": rng} if train else {}
         out = self.model.apply({"params": params}, images, train=train, rngs=rngs)
-        if isinstance(out, tuple):  # DeiT heads in training: the class head learns labels
-            out = out[0]
+        if isinstance(out, tuple):
+            # A model with a distillation token trained on labels alone (e.g. a distilled
+            # DeiT fine-tuned): both heads learn through their average, the prediction the
+            # model makes at eval, as timm's DeiT does outside distilled training. Training
+            # the class head alone would leave head_dist at its initial values, and the
+            # evaluated average would differ from the model trained.
+            out = distill.deit_inference_logits(*out)
         return out
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
@@ -138,5 +144,11 @@ class ClassificationTask(Task):
         onehot = jax.nn.one_hot(batch["label"], self.num_classes)
         loss = common.smoothed_cross_entropy(logits, onehot, 0.0)
         correct = jnp.argmax(logits, -1) == batch["label"]
-        return {"loss": masked_sum(loss, batch["mask"]),
+        sums = {"loss": masked_sum(loss, batch["mask"]),
                 "accuracy": masked_sum(correct, batch["mask"])}
+        if self.num_classes > 5:
+            # ImageNet's second figure (timm's acc5): the label among the 5 highest logits.
+            _, top5 = jax.lax.top_k(logits, 5)
+            in_top5 = jnp.any(top5 == batch["label"][:, None], axis=-1)
+            sums["top5_accuracy"] = masked_sum(in_top5, batch["mask"])
+        return sums
