@@ -3,14 +3,21 @@
 Command:
   python -m trainer.main --config=configs/vit_imagenet.py:S_16 --workdir=workdirs/deit_s16_i1k
 
-Recipe (DeiT, Touvron et al., 2021, Table 9): AdamW lr 5e-4·batch/512, weight decay 0.05,
-300 epochs, 5 warmup epochs then cosine, label smoothing 0.1, mixup 0.8, cutmix 1.0,
-RandAugment (m9), random resized crop and flip, batch 1024. Differences from DeiT: no stochastic
-depth, no random erasing and no repeated augmentation yet.
+Recipe (DeiT, Touvron et al., 2021, Table 9): AdamW lr 5e-4·batch/512 (1e-3 at batch 1024),
+weight decay 0.05, 300 epochs, 5 warmup epochs then cosine to an unscaled 1e-5, label
+smoothing 0.1, mixup 0.8, cutmix 1.0, RandAugment (m9), random erasing 0.25, stochastic depth
+0.1, batch 1024. Data pipeline as timm's for DeiT: torchvision's RandomResizedCrop to 224
+(area 8-100%, bicubic) and flip for training; evaluation resizes the shorter side to
+int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the central 224.
+Differences from DeiT: no repeated augmentation yet; RandAugment here always applies both of
+its ops at magnitude exactly 9, where timm's ``rand-m9-mstd0.5-inc1`` applies each with
+probability 0.5, adds magnitude noise (std 0.5) and uses its increasing-severity ops; warmup
+starts from 0, not DeiT's 1e-6; the evaluation resize rounds the longer side and the central
+crop rounds its offset down, where torchvision truncates and rounds (at most a pixel apart).
 Hardware and time: a TPU v3-32 / 8×A100 host, about 2–3 days for S (DeiT reports 3 days on
 one 8-GPU node for DeiT-B).
 Expected result (DeiT, Table 7, 300 epochs, 224 px, top-1): DeiT-Ti 72.2%, DeiT-S 79.8%,
-DeiT-B 81.8%; expect somewhat lower here without stochastic depth and random erasing.
+DeiT-B 81.8%; expect somewhat lower here without repeated augmentation.
 Data: TFDS ``imagenet2012`` prepared as ArrayRecord (manual download; see the README).
 """
 
@@ -24,30 +31,41 @@ def get_config(arg: str | None = "S_16"):
     if variant not in EXPECTED_TOP1:
         raise ValueError(f"config argument {variant!r} is not one of {tuple(EXPECTED_TOP1)}")
     config = base_config()
-    config.model = vit_model(f"ViT-{variant}", num_classes=1000, image_size=224)
+    config.model = vit_model(f"ViT-{variant}", num_classes=1000, image_size=224,
+                             drop_path_rate=0.1)
     config.dataset.name = "imagenet2012"
     config.dataset.eval_split = "validation"
-    config.pp_train = ("decode|inception_crop(224,8,100)|flip_lr|randaugment(2,9)"
-                       "|normalize(0.485,0.456,0.406,0.229,0.224,0.225)")
-    config.pp_eval = ("decode|resize_small(256)|central_crop(224)"
-                      "|normalize(0.485,0.456,0.406,0.229,0.224,0.225)")
+    # timm: RandomResizedCrop(scale=(0.08, 1.0), bicubic), not big_vision's inception_crop
+    # (TF's sampler, bilinear), which draws smaller crops on average.
+    config.pp_train = ("decode|random_resized_crop(224,0.08,1.0,'bicubic')|flip_lr"
+                       "|randaugment(2,9)|normalize(0.485,0.456,0.406,0.229,0.224,0.225)"
+                       "|random_erasing(0.25)")
+    # timm evaluates at crop_pct 0.875: Resize(int(224 / 0.875)) with PIL's bicubic, then
+    # CenterCrop(224); resize_small's big_vision default (TF area) would differ.
+    eval_resize = int(224 / 0.875)
+    config.pp_eval = (f"decode|resize_small({eval_resize},'bicubic',antialias=True)"
+                      "|central_crop(224)|normalize(0.485,0.456,0.406,0.229,0.224,0.225)")
     config.batch_size = 1024
     # A multiple of the 32 cores of a TPU v3-32 (1000 is not); the last batch of the 50,000
     # validation images is padded and masked.
     config.eval_batch_size = 1024
-    steps_per_epoch = 1_281_167 // config.batch_size
-    config.num_train_steps = 300 * steps_per_epoch
+    # Fields that follow the batch size are references to it, so that --config.batch_size=...
+    # keeps 300 epochs, 5 of warmup, an evaluation every 5 and the learning rate per image.
+    batch_size = config.get_ref("batch_size")
+    steps_per_epoch = 1_281_167 // batch_size
+    config.num_train_steps = steps_per_epoch * 300
     config.log_every_steps = 100
-    config.eval_every_steps = 5 * steps_per_epoch
+    config.eval_every_steps = steps_per_epoch * 5
     config.checkpoint_every_steps = 1000
     config.label_smoothing = 0.1
     config.mixup.mixup_alpha = 0.8
     config.mixup.cutmix_alpha = 1.0
-    config.optimizer.learning_rate = 5e-4 * config.batch_size / 512
+    config.optimizer.learning_rate = batch_size.to_float() * (5e-4 / 512)
     config.optimizer.weight_decay = 0.05
     config.optimizer.grad_clip_norm = 0.0
-    config.schedule.warmup_steps = 5 * steps_per_epoch
-    config.schedule.end_learning_rate_factor = 1e-5 / 5e-4
+    config.schedule.warmup_steps = steps_per_epoch * 5
+    # DeiT's min_lr 1e-5 is not scaled with the batch: a fraction of the scaled peak.
+    config.schedule.end_learning_rate_factor = 1e-5 / config.optimizer.get_ref("learning_rate")
     config.input_workers = 16
     config.mixed_precision = True
     return config

@@ -11,15 +11,25 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not prepared in the data directory (and cannot be downloaded here)."""
 
 
-def _not_found(name: str, split: str, data_dir: str | None,
-               cause: Exception) -> DatasetNotFoundError:
+def _not_found(name: str, split: str, data_dir: str | None, cause: Exception,
+               manual_instructions: str | None = None) -> DatasetNotFoundError:
+    """``manual_instructions``: the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` (ImageNet's
+    archives need a registration, so ``tfds build`` alone cannot fetch them)."""
     where = data_dir or digits.default_data_dir()
     base = name.split("/")[0].split(":")[0]
+    manual = ""
+    if manual_instructions:
+        manual = (f"  # {base} needs files downloaded by hand first, into "
+                  "/some/manual_dir:\n" + "".join(
+                      f"  #   {line.strip()}\n" for line in manual_instructions.splitlines()
+                      if line.strip()))
     return DatasetNotFoundError(
         f"dataset {name!r} (split {split!r}) is not prepared in data_dir={where!r} and this "
         "machine does not download data at run time. On a connected machine run:\n"
         f"  pip install -e '.[prepare]'   # TensorFlow is needed to prepare most datasets\n"
-        f"  tfds build {base} --file_format=array_record --data_dir=/some/dir\n"
+        f"{manual}"
+        f"  tfds build {base} --file_format=array_record --data_dir=/some/dir"
+        f"{' --manual_dir=/some/manual_dir' if manual else ''}\n"
         f"then copy /some/dir/{base} to {where}/{base} (or pass "
         f"--config.dataset.data_dir=<the copied parent>). Cause: {type(cause).__name__}: "
         f"{cause}")
@@ -79,7 +89,8 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     # Checked before tfds.data_source, which would otherwise try to prepare the dataset.
     if not builder.is_prepared():
-        raise _not_found(name, split, data_dir, FileNotFoundError(builder.data_dir))
+        raise _not_found(name, split, data_dir, FileNotFoundError(builder.data_dir),
+                         getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise DatasetNotFoundError(
             f"dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}; "

@@ -98,3 +98,56 @@ def test_imagenet_batches_split_over_the_32_cores_of_a_v3_32(variant):
 
     config = vit_imagenet.get_config(variant)
     assert config.batch_size % 32 == 0 and config.eval_batch_size % 32 == 0
+
+
+def test_finetune_cifar_trains_on_vit_jax_split():
+    """vit_jax's presets hold 2% of the CIFAR training images out."""
+    from configs import vit_finetune
+
+    for dataset in ("cifar10", "cifar100"):
+        assert vit_finetune.get_config(dataset).dataset.train_split == "train[:98%]"
+    assert vit_finetune.get_config("oxford_iiit_pet").dataset.train_split == "train"
+
+
+def test_imagenet_pp_and_min_lr_are_deits():
+    """DeiT (timm): RandomResizedCrop(0.08-1, bicubic) for training; for evaluation the
+    shorter side to 256 with PIL's bicubic, then the central 224; min_lr 1e-5, unscaled."""
+    from PIL import Image
+
+    from configs import vit_imagenet
+
+    config = vit_imagenet.get_config("Ti_16")
+    assert "random_resized_crop(224,0.08,1.0,'bicubic')" in config.pp_train
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    example = {"image": image, "label": 0}
+    for op in parse_preprocess(config.pp_eval):
+        example = op.map(example)
+    resized = np.asarray(Image.fromarray(image).resize((341, 256), Image.BICUBIC))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = (resized[16:240, 58:282] / 255 - mean) / std
+    np.testing.assert_allclose(example["image"], want, atol=1e-5)
+    peak = config.optimizer.learning_rate
+    assert peak == pytest.approx(1e-3)
+    assert peak * config.schedule.end_learning_rate_factor == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("name, examples, epochs", [("vit_imagenet", 1_281_167, 300),
+                                                    ("vit_cifar10", 50_000, 300)])
+def test_a_batch_size_override_keeps_the_recipe_per_image(name, examples, epochs):
+    """``--config.batch_size=256`` on the DeiT configs: the steps still make the recipe's
+    epochs, the warmup 5 of them, the learning rate 5e-4 per 512 images, the end rate 1e-5."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config("Ti_16")
+    config.batch_size = 256
+    steps_per_epoch = examples // 256
+    assert config.num_train_steps == epochs * steps_per_epoch
+    assert config.schedule.warmup_steps == 5 * steps_per_epoch
+    assert config.optimizer.learning_rate == pytest.approx(5e-4 * 256 / 512)
+    if name == "vit_imagenet":
+        assert config.eval_every_steps == 5 * steps_per_epoch
+        assert (config.optimizer.learning_rate * config.schedule.end_learning_rate_factor
+                == pytest.approx(1e-5))
+    # An explicit override of a derived field still wins.
+    config.optimizer.learning_rate = 1e-3
+    assert config.optimizer.learning_rate == 1e-3

@@ -62,6 +62,16 @@ def test_missing_catalogue_dataset_names_it_and_how_to_prepare(tmp_path):
     assert "'cifar10'" in message and str(tmp_path) in message
     assert "tfds build cifar10 --file_format=array_record" in message
     assert not list(tmp_path.iterdir())  # nothing written while failing
+    assert "manual" not in message
+
+
+def test_a_dataset_downloaded_by_hand_says_which_files_and_where(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        get_source("imagenet2012", "validation", str(tmp_path))
+    message = str(error.value)
+    assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    assert ("tfds build imagenet2012 --file_format=array_record --data_dir=/some/dir "
+            "--manual_dir=/some/manual_dir") in message
 
 
 @pytest.mark.parametrize("name, check", [
