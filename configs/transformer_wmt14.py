@@ -9,7 +9,23 @@ sentencepiece vocabulary of 32k pieces trained on the training split on first us
 at ``dataset.vocab_path``. Evaluation on newstest2014 (the ``test`` split).
 Model and recipe (paper, §5): d_model 512, 6+6 layers, 8 heads, d_ff 2048, dropout 0.1,
 label smoothing 0.1, Adam β=(0.9, 0.98) ε=1e-9, inverse-square-root schedule with 4,000
-warmup steps peaking at 512^-0.5·4000^-0.5 ≈ 7e-4, 100k steps, about 25k tokens per batch.
+warmup steps peaking at 512^-0.5·4000^-0.5 ≈ 7e-4, 100k steps.
+Batch: Flax's examples/wmt batch, 256 rows of 256 tokens with several sentence pairs packed
+per row, with the paper's peak learning rate: about 2.4x the paper's ~25k source + 25k target
+tokens per batch (an estimate from packing sentences of assumed WMT-like lengths, not a
+count on WMT14 itself).
+Other deviations from the paper:
+- bfloat16 computation with float32 parameters (``mixed_precision``).
+- No averaging of the last 5 checkpoints; the evaluated model is the last one.
+- BLEU decodes up to 256 output tokens (``dataset.max_length``), not input length + 50.
+- A 32k sentencepiece unigram vocabulary rather than the paper's ~37k shared BPE.
+- BLEU is sacreBLEU's detokenised corpus BLEU (its default 13a tokeniser) against references
+  that went through the sentencepiece round trip, not the paper's tokenised BLEU.
+- The attention's query/key/value/output projections have biases (the paper and Flax's
+  example have none).
+- The training loss has no normalising constant for label smoothing, so it bottoms out near
+  1.36 nats rather than 0 as Flax's does (see ``trainer/tasks/seq2seq.py``); the eval loss is
+  unsmoothed.
 Hardware and time: the paper: 12 hours on 8 P100 GPUs; a TPU v3-8 takes a few hours.
 Expected result: the paper reports 27.3 BLEU on newstest2014 (Table 2, base); Flax's WMT
 example reports about 25.5 BLEU after a shorter TPU run. Not reproduced here (no data, no

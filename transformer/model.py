@@ -44,6 +44,21 @@ TRANSFORMER_CONFIGS: dict[str, dict[str, int]] = {
 }
 
 
+def check_batch_shapes(inputs: Array, targets: Array) -> None:
+    """Raise ``ValueError`` unless ``inputs`` ``[batch, source_length]`` and ``targets``
+    ``[batch, target_length]`` are rank 2 with the same batch size.
+
+    Static shapes only, so this also holds under ``jax.jit``. Without it, different batch
+    sizes fail deep in the attention masks with an unnamed broadcasting error, or, when one of
+    them is 1, broadcast silently (every target attends to the one source).
+    """
+    if inputs.ndim != 2 or targets.ndim != 2 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            "inputs and targets must be [batch, source_length] and [batch, target_length] "
+            f"with the same batch size; got inputs {tuple(inputs.shape)} and targets "
+            f"{tuple(targets.shape)}")
+
+
 def shift_right(tokens: Array, start_id: int = PAD_ID) -> Array:
     """``[batch, length]`` -> the same shifted right by one position, ``start_id`` first."""
     return jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
@@ -207,6 +222,7 @@ class Transformer(nn.Module):
           inputs_segmentation / targets_segmentation / targets_positions: packed rows (see
             ``encode``); each packed example's decoder input starts with ``PAD_ID``.
         """
+        check_batch_shapes(inputs, targets)
         check_token_ids(targets, self.target_vocab_size, "targets",
                         "output_vocab_size" if self.output_vocab_size else "vocab_size")
         if self.decoding:
@@ -256,6 +272,8 @@ class Transformer(nn.Module):
                  targets_positions: Array | None = None) -> Array:
         """Teacher-forced logits ``[batch, target_length, target_vocab_size]``; the optional
         arguments describe packed rows (see ``encode``)."""
+        # Before encoding, so that 1-D inputs fail here rather than in the padding mask.
+        check_batch_shapes(inputs, targets)
         encoded = self.encode(inputs, train=train, inputs_segmentation=inputs_segmentation,
                               inputs_positions=inputs_positions)
         return self.decode(encoded, inputs, targets, train=train,

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.trainer.launcher import REPO
@@ -17,6 +18,60 @@ def test_synthetic_length_defaults_to_the_sources_max_len():
     config = tiny_seq2seq_config()
     del config.dataset.source_kwargs["max_len"]  # the source's default: 10 content tokens
     assert create_task(config).max_length == 10 + 2
+
+
+def test_target_ids_are_checked_against_the_output_vocabulary():
+    """A target id the output layer does not have (12 >= output_vocab_size=8, but < the
+    source's vocab_size=16) is refused on the host; in the jitted step it gave a NaN loss."""
+    config = tiny_seq2seq_config()
+    config.model.share_embeddings = False
+    config.model.logits_via_embedding = False
+    config.model.output_vocab_size = 8
+    task = create_task(config)
+    batch = {"inputs": np.array([[3, 12, 5, 1]], np.int32),
+             "targets": np.array([[7, 5, 3, 1]], np.int32)}
+    task.check_batch(batch, "training batch")  # source id 12 < vocab_size=16: fine
+    batch["targets"] = np.array([[12, 5, 3, 1]], np.int32)
+    with pytest.raises(ValueError, match=r"training batch: targets token ids must be in "
+                                         r"\[0, output_vocab_size=8\).*got values in \[1, 12\]"):
+        task.check_batch(batch, "training batch")
+
+
+@pytest.mark.parametrize("strategy", ["sample", "beamsearch"])
+def test_unusable_bleu_strategy_fails_when_the_task_is_built(strategy):
+    # "sample" needs an rng that generation_metrics does not pass; a typo failed only at the
+    # first evaluation.
+    with pytest.raises(ValueError, match=rf"config.bleu_strategy='{strategy}' is not "
+                                         r"supported; expected one of \('beam', 'greedy'\)"):
+        create_task(tiny_seq2seq_config(bleu_strategy=strategy))
+
+
+def test_teacher_forced_exact_match_equals_greedy_exact_match():
+    """Targets that greedy decoding outputs are exact matches under teacher forcing too, also
+    when PAD (which decoding never emits) has the largest logit everywhere."""
+    import jax
+    import jax.numpy as jnp
+
+    from transformer import decoding
+
+    config = tiny_seq2seq_config()
+    config.model.share_embeddings = False
+    config.model.logits_via_embedding = False
+    task = create_task(config)
+    source = jnp.array([[3, 4, 5, 6, 1, 0, 0, 0], [7, 8, 9, 1, 0, 0, 0, 0]])
+    params = task.init_params(jax.random.key(0), {"inputs": source, "targets": source})
+    bias = params["logits_dense"]["bias"]
+    params["logits_dense"]["bias"] = bias.at[0].add(50.0)  # PAD's logit dominates
+    greedy = decoding.decode(task.model, params, source, max_decode_length=task.max_length,
+                             strategy="greedy")
+    batch = {"inputs": source, "targets": greedy, "mask": jnp.ones(2)}
+    sums = task.eval_sums(params, batch, {})
+    # masked_sum gives (sum, count): both examples and every non-pad token are right.
+    np.testing.assert_array_equal(sums["exact_match"], [2, 2])
+    tokens = int(jnp.sum(greedy > 0))
+    np.testing.assert_array_equal(sums["token_accuracy"], [tokens, tokens])
+    _, metrics = task.loss(params, batch, jax.random.key(1), {})
+    assert float(metrics["token_accuracy"]) == 1.0
 
 
 def _free_port() -> int:

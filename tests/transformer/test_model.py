@@ -203,6 +203,26 @@ def test_packed_rows_need_both_segmentations():
             model.apply({"params": params}, SOURCE, TARGET, **{given: segments[given]})
 
 
+@pytest.mark.parametrize("source,target", [
+    (SOURCE, jnp.concatenate([TARGET, TARGET[:1]])),  # 2 vs 3: an unnamed broadcasting error
+    (SOURCE[:1], TARGET),  # 1 vs 2: broadcast silently, both targets reading one source
+    (SOURCE[0], TARGET[0]),  # unbatched: an IndexError in the padding mask
+], ids=["2-vs-3", "1-vs-2", "rank-1"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_inputs_and_targets_need_the_same_batch_size(source, target, jit):
+    model = _tiny()
+    params = model.init(jax.random.key(0), SOURCE, TARGET)["params"]
+    apply = jax.jit(model.apply) if jit else model.apply  # shapes are static under jit
+    expected = (rf"same batch size; got inputs \({', '.join(map(str, source.shape))},?\) "
+                rf"and targets \({', '.join(map(str, target.shape))},?\)")
+    with pytest.raises(ValueError, match=expected):
+        apply({"params": params}, source, target)
+    encoded = model.apply({"params": params}, SOURCE, method="encode")
+    if source.shape[0] == 1:  # decode on its own, with the encoding of a batch of 2
+        with pytest.raises(ValueError, match=expected):
+            model.apply({"params": params}, encoded[:1], source, target, method="decode")
+
+
 def test_sequence_longer_than_learned_table_fails():
     model = _tiny(position_embedding="learned", max_length=4)
     with pytest.raises(ValueError, match="max_length=4"):

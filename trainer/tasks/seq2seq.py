@@ -15,15 +15,27 @@ import transformer
 from trainer import partitioning
 from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, Task, masked_sum, register_task
+from transformer.masks import PAD_ID
 
 # The source's own default, for a config that does not set source_kwargs.max_len.
 _SYNTHETIC_MAX_LEN_DEFAULT = inspect.signature(
     input_pipeline.Seq2SeqTaskSource).parameters["max_len"].default
 
+# Decoding strategies BLEU can use: "sample" needs an rng, which generation_metrics has none
+# of (and a sampled BLEU would not be reproducible between evaluations anyway).
+BLEU_STRATEGIES = ("beam", "greedy")
+
 
 def build_transformer(model_config: Any, vocab_size: int, dtype: Any) -> transformer.Transformer:
     overrides = common.model_overrides(model_config, reserved=("name", "vocab_size"))
     return transformer.create_transformer(model_config.name, vocab_size, dtype=dtype, **overrides)
+
+
+def predictions(logits: jax.Array) -> jax.Array:
+    """Argmax ``[batch, length]`` of logits ``[batch, length, vocab]`` over every token but
+    ``PAD_ID``, which decoding never emits, so that teacher-forced accuracy and exact match
+    score what greedy decoding would output."""
+    return jnp.argmax(logits.at[..., PAD_ID].set(-jnp.inf), axis=-1)
 
 
 def _packing(batch: Batch) -> dict[str, Any]:
@@ -40,13 +52,21 @@ def _packing(batch: Batch) -> dict[str, Any]:
 class Seq2SeqTask(Task):
     """Label-smoothed cross-entropy over non-padding target tokens (teacher forcing).
 
-    Evaluation reports token accuracy and exact match. Exact match under teacher forcing
-    equals exact match of greedy decoding: greedy decoding reproduces the target exactly if
-    and only if every teacher-forced argmax is right.
+    The training loss is the cross-entropy against the smoothed targets (``optax.smooth_labels``:
+    ``1 - α`` on the target plus ``α / V`` everywhere) with no normalising constant subtracted,
+    unlike Flax's examples/wmt: it cannot go below the entropy of the smoothed targets, about
+    1.36 nats for ``V = 32000`` and ``α = 0.1``, where Flax's reaches 0. The evaluation loss is
+    the plain (unsmoothed) cross-entropy, so the two are not comparable with each other either.
+
+    Evaluation reports token accuracy and exact match. The predicted token is the argmax over
+    every token but ``PAD_ID`` (decoding never emits it); exact match under teacher forcing
+    then equals exact match of greedy decoding (ties aside): greedy decoding reproduces the
+    target exactly if and only if every teacher-forced prediction is right.
 
     Config: ``model`` (``name`` of ``transformer.TRANSFORMER_CONFIGS``, ``vocab_size`` and
     overrides), ``dataset`` (``name`` such as ``synthetic/reverse``, splits, ``source_kwargs``),
-    ``label_smoothing``, ``pack_examples`` (pack several examples per training row).
+    ``label_smoothing``, ``pack_examples`` (pack several examples per training row),
+    ``bleu_eval_batches`` and ``bleu_strategy`` (one of ``BLEU_STRATEGIES``) for text datasets.
     """
 
     def __init__(self, config: Any) -> None:
@@ -65,6 +85,12 @@ class Seq2SeqTask(Task):
             raise ValueError(
                 f"examples of {self.max_length} tokens exceed config.model.max_length="
                 f"{self.model.max_length}")
+        strategy = config.get("bleu_strategy", "beam")
+        # Checked here rather than at the first evaluation, which may be hours into a run.
+        if strategy not in BLEU_STRATEGIES:
+            raise ValueError(
+                f"config.bleu_strategy={strategy!r} is not supported; expected one of "
+                f"{BLEU_STRATEGIES} ('sample' needs an rng that BLEU evaluation does not have)")
         self._tokenize = None
 
     def transforms(self) -> list:
@@ -127,14 +153,21 @@ class Seq2SeqTask(Task):
         return {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score)}
 
     def check_batch(self, batch: Batch, where: str) -> None:
-        for key in ("inputs", "targets"):
+        """Raise ``ValueError`` unless ``inputs`` and ``targets`` are ``[batch, length]`` ids
+        within the model's source and target vocabularies (inside the jitted step an id out of
+        range silently becomes a NaN embedding row or a NaN loss)."""
+        # The targets index the target vocabulary, which output_vocab_size may make smaller.
+        target_field = "output_vocab_size" if self.model.output_vocab_size else "vocab_size"
+        bounds = {"inputs": ("vocab_size", self.model.vocab_size),
+                  "targets": (target_field, self.model.target_vocab_size)}
+        for key, (field, size) in bounds.items():
             tokens = np.asarray(batch[key])
             if tokens.ndim != 2:
                 raise ValueError(f"{where}: {key} must be [batch, length]; got {tokens.shape}")
-            if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= size):
                 raise ValueError(
-                    f"{where}: {key} token ids must be in [0, vocab_size={self.vocab_size}); "
-                    f"got values in [{tokens.min()}, {tokens.max()}]"
+                    f"{where}: {key} token ids must be in [0, {field}={size}) "
+                    f"(config.model.{field}); got values in [{tokens.min()}, {tokens.max()}]"
                 )
 
     def dummy_batch(self, batch_size: int) -> Batch:
@@ -156,7 +189,8 @@ class Seq2SeqTask(Task):
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array,
              frozen: Any) -> tuple[jax.Array, Metrics]:
-        """Mean label-smoothed cross-entropy over the non-padding target tokens."""
+        """Mean label-smoothed cross-entropy over the non-padding target tokens (no
+        normalising constant: see the class docstring) and the token accuracy."""
         logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
                                   train=True, rngs={"dropout": rng}, **_packing(batch))
         weights = (batch["targets"] > 0).astype(jnp.float32)
@@ -164,7 +198,7 @@ class Seq2SeqTask(Task):
                                     self.config.get("label_smoothing", 0.0))
         tokens = jnp.maximum(self.loss_weight(batch), 1.0)
         loss = jnp.sum(losses * weights) / tokens
-        correct = (jnp.argmax(logits, -1) == batch["targets"]) * weights
+        correct = (predictions(logits) == batch["targets"]) * weights
         return loss, {"token_accuracy": jnp.sum(correct) / tokens}
 
     def loss_weight(self, batch: Batch) -> jax.Array:
@@ -175,7 +209,7 @@ class Seq2SeqTask(Task):
         targets = batch["targets"]
         logits = self.model.apply({"params": params}, batch["inputs"], targets, train=False)
         weights = (targets > 0) & (batch["mask"][:, None] > 0)
-        correct = jnp.argmax(logits, -1) == targets
+        correct = predictions(logits) == targets
         losses = self._token_losses(logits, targets, 0.0)
         exact = jnp.all(correct | (targets == 0), axis=-1)
         return {
