@@ -134,9 +134,8 @@ def markdown(results: dict, teacher_summary: dict, report: dict, settings: dict)
         "## The papers' claims, checked here",
         "",
     ]
-    scratch = means["student from scratch"]
     seeds = settings["seeds"]
-    noise = max(std for _, std in means.values())
+    noisiest = max(means, key=lambda label: means[label][1])
 
     def verdict(better, worse, claim):
         (a, sa), (b, sb) = means[better], means[worse]
@@ -165,8 +164,8 @@ def markdown(results: dict, teacher_summary: dict, report: dict, settings: dict)
         "",
         f"A claim counts as confirmed (or contradicted) when the gap between the two means "
         f"exceeds twice its standard error over {seeds} seeds, 2·sqrt(s₁²/n + s₂²/n); the "
-        f"largest standard deviation here is {noise:.2f} points (scratch: "
-        f"{scratch[0]:.2f} ± {scratch[1]:.2f}).",
+        f"largest standard deviation here is {means[noisiest][1]:.2f} points ({noisiest}: "
+        f"{means[noisiest][0]:.2f} ± {means[noisiest][1]:.2f}).",
         "",
     ]
     return "\n".join(lines)

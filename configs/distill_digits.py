@@ -10,8 +10,9 @@ Argument: the method — ``soft`` (Hinton, T=4, α=0.5), ``hard`` (DeiT hard lab
 Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
 ``--config.distill.feature_weight=1 --config.distill.attention_weight=1``.
 The student has a quarter of the teacher's depth and half its width. At the end of the run a
-compression report (parameters, FLOPs, latency, throughput, accuracy of both, top-1 agreement)
-is printed and written to ``compression_report.json``.
+compression report (parameters, FLOPs, latency, throughput, accuracy of both, top-1 agreement;
+with ``none`` no teacher is loaded, so the student's row alone) is printed and written to
+``compression_report.json``.
 Hardware and time: a 2-core CPU, a few minutes.
 
 Expected result: the commands above (1500 steps, a GAP head, every label, no transfer set) are

