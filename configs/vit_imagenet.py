@@ -7,13 +7,14 @@ Recipe (DeiT, Touvron et al., 2021, Table 9): AdamW lr 5e-4·batch/512 (1e-3 at 
 weight decay 0.05, 300 epochs, 5 warmup epochs then cosine to an unscaled 1e-5, label
 smoothing 0.1, mixup 0.8, cutmix 1.0, RandAugment (m9), random erasing 0.25, stochastic depth
 0.1, batch 1024. Data pipeline as timm's for DeiT: torchvision's RandomResizedCrop to 224
-(area 8-100%, bicubic) and flip for training; evaluation resizes the shorter side to
+(area 8-100%, bicubic), flip and timm's RandAugment ``rand-m9-mstd0.5-inc1`` for training
+(its ops pixel for pixel, its random draws in distribution: each of 2 ops, drawn with
+replacement, applied with probability 0.5 at magnitude N(9, 0.5) clipped to [0, 10];
+increasing-severity ops, ImageNet-mean fill, bicubic); evaluation resizes the shorter side to
 int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the central 224.
-Differences from DeiT: no repeated augmentation yet; RandAugment here always applies both of
-its ops at magnitude exactly 9, where timm's ``rand-m9-mstd0.5-inc1`` applies each with
-probability 0.5, adds magnitude noise (std 0.5) and uses its increasing-severity ops; warmup
-starts from 0, not DeiT's 1e-6; the evaluation resize rounds the longer side and the central
-crop rounds its offset down, where torchvision truncates and rounds (at most a pixel apart).
+Differences from DeiT: no repeated augmentation yet; warmup starts from 0, not DeiT's 1e-6;
+the evaluation resize rounds the longer side and the central crop rounds its offset down,
+where torchvision truncates and rounds (at most a pixel apart).
 Hardware and time: a TPU v3-32 / 8×A100 host, about 2–3 days for S (DeiT reports 3 days on
 one 8-GPU node for DeiT-B).
 Expected result (DeiT, Table 7, 300 epochs, 224 px, top-1): DeiT-Ti 72.2%, DeiT-S 79.8%,
@@ -38,7 +39,8 @@ def get_config(arg: str | None = "S_16"):
     # timm: RandomResizedCrop(scale=(0.08, 1.0), bicubic), not big_vision's inception_crop
     # (TF's sampler, bilinear), which draws smaller crops on average.
     config.pp_train = ("decode|random_resized_crop(224,0.08,1.0,'bicubic')|flip_lr"
-                       "|randaugment(2,9)|normalize(0.485,0.456,0.406,0.229,0.224,0.225)"
+                       "|randaugment_timm(2,9,magnitude_std=0.5,increasing=True)"
+                       "|normalize(0.485,0.456,0.406,0.229,0.224,0.225)"
                        "|random_erasing(0.25)")
     # timm evaluates at crop_pct 0.875: Resize(int(224 / 0.875)) with PIL's bicubic, then
     # CenterCrop(224); resize_small's big_vision default (TF area) would differ.

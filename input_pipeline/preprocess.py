@@ -563,6 +563,51 @@ def randaugment_op(num_layers: int = 2, magnitude: float = 9) -> grain.transform
         f"randaugment({num_layers},{magnitude})")
 
 
+
+def randaugment_timm(num_layers: int = 2, magnitude: float = 10, magnitude_std: float = 0.0,
+                     prob: float = 0.5, increasing: bool = False,
+                     fill: tuple[int, ...] = randaugment.TIMM_FILL,
+                     method: str = "bicubic") -> grain.transforms.RandomMap:
+    """timm's RandAugment on uint8 RGB images. The arguments are the sections of timm's
+    config string (``n``, ``m``, ``mstd``, ``p``, ``inc``) and default as it does when one is
+    absent; geometric ops fill with ``fill`` and resample with ``method`` (timm's ``img_mean``
+    and ``interpolation`` hparams; the defaults are DeiT's: the ImageNet mean, bicubic). DeiT's
+    ``rand-m9-mstd0.5-inc1`` is ``randaugment_timm(2,9,magnitude_std=0.5,increasing=True)``.
+    See ``input_pipeline.randaugment.timm_apply``."""
+    op = "randaugment_timm"
+    if (isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer))
+            or num_layers < 0):
+        raise ValueError(f"preprocessing op {op}: num_layers={num_layers!r} must be an "
+                         "integer >= 0")
+    magnitude = _number(op, "magnitude", magnitude)
+    if not 0 <= magnitude <= randaugment.TIMM_LEVEL_DENOM:
+        raise ValueError(f"preprocessing op {op}: magnitude={magnitude:g} must be in "
+                         f"[0, {randaugment.TIMM_LEVEL_DENOM:g}] (timm clips to it)")
+    magnitude_std = _number(op, "magnitude_std", magnitude_std)
+    if not 0 <= magnitude_std <= 100:
+        raise ValueError(f"preprocessing op {op}: magnitude_std={magnitude_std:g} must be in "
+                         "[0, 100] (timm's mstd > 100, uniform magnitudes, is not implemented)")
+    prob = _number(op, "prob", prob)
+    if not 0 <= prob <= 1:
+        raise ValueError(f"preprocessing op {op}: prob={prob:g} must be in [0, 1]")
+    if not isinstance(increasing, (bool, np.bool_)):
+        raise ValueError(f"preprocessing op {op}: increasing={increasing!r} must be True or "
+                         "False")
+    if (not isinstance(fill, (tuple, list)) or len(fill) != 3
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                       and 0 <= v <= 255 for v in fill)):
+        raise ValueError(f"preprocessing op {op}: fill={fill!r} must be 3 integers in "
+                         "[0, 255] (an RGB colour)")
+    if not isinstance(method, str) or method not in randaugment.TIMM_RESAMPLE:
+        raise ValueError(f"preprocessing op {op}: method={method!r} must be one of "
+                         f"{tuple(randaugment.TIMM_RESAMPLE)}")
+    increasing, fill = bool(increasing), tuple(int(v) for v in fill)
+    return _ImageRandomMap(
+        lambda image, rng: randaugment.timm_apply(image, rng, num_layers, magnitude,
+                                                  magnitude_std, prob, increasing, fill, method),
+        f"{op}({num_layers},{magnitude:g},magnitude_std={magnitude_std:g},prob={prob:g},"
+        f"increasing={increasing},fill={fill},method='{method}')")
+
 class Keep(grain.transforms.Map):
     """Only ``keys`` of each example, each of which must be present.
 
@@ -600,6 +645,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "value_range": value_range,
     "normalize": normalize,
     "randaugment": randaugment_op,
+    "randaugment_timm": randaugment_timm,
     "random_erasing": random_erasing,
     "keep": Keep,
 }

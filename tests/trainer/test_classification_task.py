@@ -25,8 +25,10 @@ def _batch(task, size=4, seed=0):
 
 
 def _random_params(task, batch):
-    params = task.init_params(jax.random.key(0), batch)
-    return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape),
+    # Jitted: an op-by-op initialisation takes about 10 s even for this tiny model.
+    params = jax.jit(task.init_params)(jax.random.key(0), batch)
+    rng = np.random.default_rng(1)  # numpy: a jax.random draw per leaf compiles per shape
+    return jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32),
                         params)
 
 
@@ -37,13 +39,15 @@ def test_a_distillation_token_model_trained_on_labels_trains_both_heads():
     task = _task(classifier="token", distillation_token=True, head_bias_init=-2.0)
     batch = _batch(task)
     params = _random_params(task, batch)
-    grads = jax.grad(lambda p: task.loss(p, batch, jax.random.key(2), {})[0])(params)
+    # Jitted, as in training: op by op, these small passes take tens of seconds.
+    loss_and_grads = jax.jit(jax.value_and_grad(
+        lambda p: task.loss(p, batch, jax.random.key(2), {})[0]))
+    loss, grads = loss_and_grads(params)
     assert float(np.abs(grads["head_dist"]["kernel"]).max()) > 0
     assert float(np.abs(grads["head"]["kernel"]).max()) > 0
     # Without dropout, the training loss is the evaluation loss of the same batch.
-    loss, _ = task.loss(params, batch, jax.random.key(2), {})
-    loss_sum, count = task.eval_sums(params, {**batch, "mask": np.ones(4, np.float32)},
-                                     {})["loss"]
+    loss_sum, count = jax.jit(task.eval_sums)(
+        params, {**batch, "mask": np.ones(4, np.float32)}, {})["loss"]
     np.testing.assert_allclose(loss, loss_sum / count, rtol=1e-6)
 
 
@@ -51,10 +55,11 @@ def test_evaluation_counts_top5_accuracy_over_real_examples_only():
     task = _task()
     batch = _batch(task, size=6)
     params = _random_params(task, batch)
-    logits = np.asarray(task.logits(params, batch["image"], None, train=False))
+    logits = np.asarray(jax.jit(lambda p, x: task.logits(p, x, None, train=False))(
+        params, batch["image"]))
     ranks = (logits > logits[np.arange(6), batch["label"]][:, None]).sum(-1)
     mask = np.array([1, 1, 1, 1, 0, 0], np.float32)  # the last two are padding
-    sums = task.eval_sums(params, {**batch, "mask": mask}, {})
+    sums = jax.jit(task.eval_sums)(params, {**batch, "mask": mask}, {})
     np.testing.assert_allclose(sums["top5_accuracy"], [np.sum((ranks < 5) * mask), 4])
     np.testing.assert_allclose(sums["accuracy"], [np.sum((ranks == 0) * mask), 4])
     # The batch tells the metrics apart: top-5 counts more than top-1, and a padded example
