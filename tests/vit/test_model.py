@@ -105,10 +105,10 @@ def _block_states(model, params, images, train, rngs=None):
     return [np.asarray(blocks[f"encoderblock_{i}"]["hidden_state"][0]) for i in range(2)]
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, dict(scan_layers=True),
-    pytest.param(dict(scan_layers=True, remat_policy="full"), marks=pytest.mark.slow),
-    pytest.param(dict(remat_policy="dots"), marks=pytest.mark.slow)])
+@pytest.mark.slow  # 8-15 s each; test_drop_path_drops_whole_examples... stays quick
+@pytest.mark.parametrize("overrides", [{}, dict(scan_layers=True),
+                                       dict(scan_layers=True, remat_policy="full"),
+                                       dict(remat_policy="dots")])
 def test_drop_path_rises_from_none_at_the_first_block_to_the_rate_at_the_last(overrides):
     """Two blocks, drop_path_rate=0.9: the first block never drops (rate 0), the second
     drops each branch with probability 0.9, so for most examples (both branches dropped,
