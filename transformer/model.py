@@ -145,6 +145,11 @@ class Transformer(nn.Module):
     def target_vocab_size(self) -> int:
         return self.output_vocab_size or self.vocab_size
 
+    @property
+    def target_vocab_field(self) -> str:
+        """The field that sets ``target_vocab_size``, for error messages."""
+        return "output_vocab_size" if self.output_vocab_size else "vocab_size"
+
     def setup(self) -> None:
         embed_init = nn.initializers.normal(stddev=self.emb_dim**-0.5)
         self.source_embedding = nn.Embed(
@@ -223,8 +228,7 @@ class Transformer(nn.Module):
             ``encode``); each packed example's decoder input starts with ``PAD_ID``.
         """
         check_batch_shapes(inputs, targets)
-        check_token_ids(targets, self.target_vocab_size, "targets",
-                        "output_vocab_size" if self.output_vocab_size else "vocab_size")
+        check_token_ids(targets, self.target_vocab_size, "targets", self.target_vocab_field)
         if self.decoding:
             decoder_inputs = targets
             self_mask = None  # the cache masks positions not yet written

@@ -32,9 +32,11 @@ REMAT_POLICIES = {
 
 
 def check_stack_fields(num_layers: int, remat_policy: str,
-                       layers_field: str = "num_layers") -> None:
+                       layers_field: str = "num_layers", drop_path_rate: float = 0.0) -> None:
     """Raise ``ValueError`` naming the field (``layers_field`` for the depth) when a stack
     setting is invalid."""
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
     if num_layers < 1:
         raise ValueError(f"{layers_field}={num_layers} must be >= 1")
     if remat_policy not in REMAT_POLICIES:
@@ -103,7 +105,9 @@ class _StackFields(nn.Module):
     scan_layers: bool = False
 
     def __post_init__(self) -> None:
-        check_stack_fields(self.num_layers, self.remat_policy)
+        # drop_path_rate is the encoder's field; the decoder has none.
+        check_stack_fields(self.num_layers, self.remat_policy,
+                           drop_path_rate=getattr(self, "drop_path_rate", 0.0))
         super().__post_init__()
 
     def block_kwargs(self) -> dict:
@@ -155,11 +159,6 @@ class Encoder(_StackFields):
     """
 
     drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
-        super().__post_init__()
 
     def layer_drop_path_rates(self) -> list[float]:
         """The blocks' rates, ``[num_layers]``: ``torch.linspace(0, rate, num_layers)``."""

@@ -151,9 +151,8 @@ class VisionTransformer(nn.Module):
             attention_dropout_rate=self.attention_dropout_rate,
             attention_implementation=self.attention_implementation,
         )
-        check_stack_fields(self.num_layers, self.remat_policy)
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        check_stack_fields(self.num_layers, self.remat_policy,
+                           drop_path_rate=self.drop_path_rate)
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size={self.representation_size} must be >= 1 "
                              "or None")

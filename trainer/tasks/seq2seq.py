@@ -157,9 +157,8 @@ class Seq2SeqTask(Task):
         within the model's source and target vocabularies (inside the jitted step an id out of
         range silently becomes a NaN embedding row or a NaN loss)."""
         # The targets index the target vocabulary, which output_vocab_size may make smaller.
-        target_field = "output_vocab_size" if self.model.output_vocab_size else "vocab_size"
         bounds = {"inputs": ("vocab_size", self.model.vocab_size),
-                  "targets": (target_field, self.model.target_vocab_size)}
+                  "targets": (self.model.target_vocab_field, self.model.target_vocab_size)}
         for key, (field, size) in bounds.items():
             tokens = np.asarray(batch[key])
             if tokens.ndim != 2:
