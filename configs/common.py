@@ -15,6 +15,8 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
 - ``mixed_precision``: bfloat16 computation with float32 parameters.
 - ``pack_examples``: seq2seq only; pack several examples into each training row.
 - ``stop_after_step``: end this invocation early (checkpointed), e.g. to test resumption.
+- ``init_checkpoint`` / ``init_checkpoint_grid`` (ViT configs, ``with_init_checkpoint``): an
+  official-layout ``.npz`` to start from, and its position grid when it is needed.
 """
 
 import ml_collections
@@ -54,6 +56,21 @@ def base_config() -> ml_collections.ConfigDict:
         name="warmup_cosine", warmup_steps=100, end_learning_rate_factor=0.0))
     config.mesh_shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     config.sharding = ml_collections.ConfigDict(dict(min_fsdp_size=2**18))
+    return config
+
+
+def with_init_checkpoint(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the fields of a ViT run that starts from pretrained parameters, as the official
+    fine-tuning code and big_vision's ``model_init`` do:
+
+    - ``init_checkpoint``: an official-layout ``.npz`` (``vit.load_pretrained``: head and
+      position table adapted to ``config.model``); ``""`` starts from scratch.
+    - ``init_checkpoint_grid``: the checkpoint's position grid ``(height, width)`` in
+      patches, e.g. ``--config.init_checkpoint_grid=4,9``; needed only for a non-square table
+      that ``vit.save_npz(grid_size=)`` did not record (None: recorded, else square).
+    """
+    config.init_checkpoint = ""
+    config.init_checkpoint_grid = ml_collections.FieldReference(None, field_type=tuple)
     return config
 
 

@@ -9,10 +9,11 @@ Argument: the method — ``soft`` (Hinton, T=4, α=0.5), ``hard`` (DeiT hard lab
 ``deit_token`` (DeiT distillation token, hard) or ``none`` (the student from scratch).
 Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
 ``--config.distill.feature_weight=1 --config.distill.attention_weight=1``.
-The student has a quarter of the teacher's depth and half its width. At the end of the run a
-compression report (parameters, FLOPs, latency, throughput, accuracy of both, top-1 agreement;
-with ``none`` no teacher is loaded, so the student's row alone) is printed and written to
-``compression_report.json``.
+The student has a quarter of the teacher's depth and half its width, and starts from scratch
+(or from an official-layout ``.npz``: ``--config.init_checkpoint``, configs/common.py). At the
+end of the run a compression report (parameters, FLOPs, latency, throughput, accuracy of both,
+top-1 agreement; with ``none`` no teacher is loaded, so the student's row alone) is printed
+and written to ``compression_report.json``.
 Hardware and time: a 2-core CPU, a few minutes.
 
 Expected result: the commands above (1500 steps, a GAP head, every label, no transfer set) are
@@ -56,6 +57,8 @@ def get_config(arg: str | None = "soft"):
         method=method,
         teacher_model=teacher,
         teacher_checkpoint="workdirs/digits_teacher",
+        # An .npz teacher's position grid (height, width), when neither recorded nor square.
+        teacher_checkpoint_grid=ml_collections.FieldReference(None, field_type=tuple),
         temperature=4.0,
         alpha=0.5,
         reduction="batchmean",

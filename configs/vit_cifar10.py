@@ -14,7 +14,7 @@ was written); ViTs trained from scratch on small datasets lag CNNs without stron
 (DeiT, Touvron et al., 2021, section 5). Record the measured figure here with its command.
 """
 
-from configs.common import base_config, vit_model
+from configs.common import base_config, vit_model, with_init_checkpoint
 
 _SIZES = ("Ti_16", "S_16", "B_16")
 
@@ -23,7 +23,7 @@ def get_config(arg: str | None = "S_16"):
     variant = arg or "S_16"
     if variant not in _SIZES:
         raise ValueError(f"config argument {variant!r} is not one of {_SIZES}")
-    config = base_config()
+    config = with_init_checkpoint(base_config())
     config.model = vit_model(f"ViT-{variant}", num_classes=10, image_size=32, patch_size=4)
     config.dataset.name = "cifar10"
     config.pp_train = "inception_crop(32,35,100)|flip_lr|randaugment(2,9)|value_range(-1,1)"

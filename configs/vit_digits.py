@@ -9,11 +9,11 @@ Hardware and time: a 2-core CPU, under 5 minutes including compilation.
 Expected result: >= 97% test accuracy (checked by tests/trainer/test_digits_accuracy.py).
 """
 
-from configs.common import base_config, vit_model
+from configs.common import base_config, vit_model, with_init_checkpoint
 
 
 def get_config(arg: str | None = None):
-    config = base_config()
+    config = with_init_checkpoint(base_config())
     config.task = "classification"
     config.model = vit_model(
         "ViT-micro", num_classes=10, image_size=8, patch_size=2, num_channels=1,

@@ -24,7 +24,7 @@ Hardware: one GPU/TPU host (minutes on a TPU v3-8). Checkpoints: gs://vit_models
 Data: the TFDS dataset of the argument, prepared as ArrayRecord.
 """
 
-from configs.common import base_config, vit_model
+from configs.common import base_config, vit_model, with_init_checkpoint
 
 _DATASETS = {
     # name: (num_classes, train split, eval split, steps, base learning rate)
@@ -40,8 +40,7 @@ def get_config(arg: str | None = "cifar10"):
     if dataset not in _DATASETS:
         raise ValueError(f"config argument {dataset!r} is not one of {tuple(_DATASETS)}")
     num_classes, train_split, eval_split, steps, learning_rate = _DATASETS[dataset]
-    config = base_config()
-    config.init_checkpoint = ""
+    config = with_init_checkpoint(base_config())
     config.model = vit_model("ViT-B_16", num_classes=num_classes, image_size=384)
     config.dataset.name = dataset
     config.dataset.train_split = train_split

@@ -22,7 +22,7 @@ DeiT-B 81.8%; expect somewhat lower here without repeated augmentation.
 Data: TFDS ``imagenet2012`` prepared as ArrayRecord (manual download; see the README).
 """
 
-from configs.common import base_config, vit_model
+from configs.common import base_config, vit_model, with_init_checkpoint
 
 EXPECTED_TOP1 = {"Ti_16": 72.2, "S_16": 79.8, "B_16": 81.8}
 
@@ -31,7 +31,7 @@ def get_config(arg: str | None = "S_16"):
     variant = arg or "S_16"
     if variant not in EXPECTED_TOP1:
         raise ValueError(f"config argument {variant!r} is not one of {tuple(EXPECTED_TOP1)}")
-    config = base_config()
+    config = with_init_checkpoint(base_config())
     config.model = vit_model(f"ViT-{variant}", num_classes=1000, image_size=224,
                              drop_path_rate=0.1)
     config.dataset.name = "imagenet2012"

@@ -190,9 +190,11 @@ class Transformer(nn.Module):
             )
 
     def _embed(self, table: nn.Embed, tokens: Array) -> Array:
-        # Scaled by sqrt(d_model) as in §3.4 of the paper.
-        x = table(tokens) * jnp.sqrt(jnp.float32(self.emb_dim))
-        return x.astype(self.dtype or x.dtype)
+        """Token embeddings ``[batch, length, emb_dim]`` in the table's dtype (float32), scaled
+        by sqrt(d_model) as in §3.4 of the paper. The stack adds the position encodings
+        before it casts to ``dtype``, as flax's wmt example does: one rounding to bfloat16 of
+        the sum, not one of each term."""
+        return table(tokens) * jnp.sqrt(jnp.asarray(self.emb_dim, table.param_dtype))
 
     def encode(self, inputs: Array, *, train: bool = False,
                inputs_segmentation: Array | None = None,

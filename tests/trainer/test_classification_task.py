@@ -1,6 +1,7 @@
 """The classification task's loss and evaluation, on tiny models (no training run)."""
 
 import jax
+import ml_collections
 import numpy as np
 
 from configs.common import vit_model
@@ -10,9 +11,12 @@ from trainer.tasks import create_task
 
 def _task(**model_fields):
     config = tiny_digits_config("unused", label_smoothing=0.0, **{"mixup.mixup_alpha": 0.0})
-    config.model = vit_model("ViT-micro", num_classes=10, image_size=8, patch_size=2,
-                             num_channels=1, hidden_size=16, num_layers=1, num_heads=2,
-                             mlp_dim=16, dropout_rate=0.0, **model_fields)
+    fields = dict(image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_layers=1,
+                  num_heads=2, mlp_dim=16, dropout_rate=0.0)
+    # Fields merged before the ConfigDict is built: its image_size is typed int, and a test
+    # here needs a non-square (height, width).
+    config.model = ml_collections.ConfigDict(
+        {**vit_model("ViT-micro", num_classes=10, **fields).to_dict(), **model_fields})
     return create_task(config)
 
 
@@ -66,3 +70,38 @@ def test_evaluation_counts_top5_accuracy_over_real_examples_only():
     # would count if the mask were not applied.
     assert np.sum((ranks < 5) * mask) > np.sum((ranks == 0) * mask), ranks
     assert np.sum((ranks < 5) * (1 - mask)) > 0, ranks
+
+
+def test_init_checkpoint_with_its_grid_from_the_config(tmp_path):
+    """``config.init_checkpoint`` starts from an ``.npz``; ``config.init_checkpoint_grid``
+    names the grid of a table whose count is a square but whose grid is not (4x9 = 36 = 6x6),
+    which would otherwise be read as 6x6 and resized."""
+    import pytest
+
+    import vit
+
+    task = _task(image_size=(8, 18))  # patch 2: a 4x9 grid
+    params = _random_params(task, _batch(task))
+    path = str(tmp_path / "pretrained.npz")
+    vit.save_npz(params, path)  # no grid recorded, as in a file converted from elsewhere
+    task.config.init_checkpoint = path
+    read_as_square = task.pretrained_params(params)["Transformer"]["posembed_input"]
+    task.config.init_checkpoint_grid = (4, 9)
+    loaded = task.pretrained_params(params)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    assert np.abs(read_as_square["pos_embedding"]
+                  - params["Transformer"]["posembed_input"]["pos_embedding"]).max() > 1e-2
+    task.config.init_checkpoint_grid = (4, 0)
+    with pytest.raises(ValueError, match=r"config.init_checkpoint_grid=\(4, 0\) must be"):
+        task.pretrained_params(params)
+
+
+def test_every_vit_config_takes_an_init_checkpoint_and_its_grid():
+    from configs import distill_digits, vit_cifar10, vit_digits, vit_finetune, vit_imagenet
+
+    for module in (vit_digits, vit_cifar10, vit_imagenet, vit_finetune, distill_digits):
+        config = module.get_config()
+        assert config.init_checkpoint == "", module.__name__
+        config.init_checkpoint_grid = (4, 9)  # a FieldReference typed tuple: settable
+        assert config.init_checkpoint_grid == (4, 9)
+    assert distill_digits.get_config().distill.teacher_checkpoint_grid is None

@@ -186,6 +186,36 @@ def test_a_teacher_npz_whose_head_does_not_fit_is_refused(tmp_path):
     assert step is None
 
 
+def test_an_npz_teacher_is_read_on_the_configured_position_grid(tmp_path):
+    """``config.distill.teacher_checkpoint_grid`` reaches the loader: the teacher's
+    16-position table (GAP: no class token) given as 2x8 is resized to its 4x4 grid, where it
+    is otherwise read as 4x4 and kept."""
+    import vit
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("soft")
+    teacher = create_task(config).teacher
+    params = jax.jit(teacher.init)(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))
+    path = str(tmp_path / "teacher.npz")
+    vit.save_npz(params["params"], path)
+    config.distill.teacher_checkpoint = path
+    table = params["params"]["Transformer"]["posembed_input"]["pos_embedding"]
+
+    def loaded_table(task):
+        return task.frozen_variables()["teacher"]["Transformer"]["posembed_input"][
+            "pos_embedding"]
+
+    np.testing.assert_array_equal(loaded_table(create_task(config)), table)
+    config.distill.teacher_checkpoint_grid = (2, 8)
+    np.testing.assert_allclose(loaded_table(create_task(config)),
+                               vit.resize_posembed(np.asarray(table), 0, (4, 4), (2, 8)))
+    assert teacher.grid_size == (4, 4) and teacher.num_prefix_tokens == 0
+    config.distill.teacher_checkpoint_grid = (2, 8, 1)
+    with pytest.raises(ValueError, match=r"config.distill.teacher_checkpoint_grid=\(2, 8, 1\)"):
+        create_task(config)
+
+
 def test_hard_distillation_logs_that_it_ignores_alpha(caplog):
     from configs import distill_digits
     from trainer.tasks import create_task

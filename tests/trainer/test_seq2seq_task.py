@@ -37,6 +37,37 @@ def test_target_ids_are_checked_against_the_output_vocabulary():
         task.check_batch(batch, "training batch")
 
 
+@pytest.mark.parametrize("output_vocab_size, field", [(None, "vocab_size"),
+                                                      (48, "output_vocab_size")])
+def test_the_sentencepiece_vocabulary_must_fit_both_sides(monkeypatch, output_vocab_size,
+                                                           field):
+    """One sentencepiece model tokenises sources and targets, so a 64-token vocabulary is
+    refused by a 32-token model, and by a 48-token output layer behind a 64-token source
+    vocabulary (that case used to pass, and fail only on the first batch's targets)."""
+    import types
+
+    from configs import transformer_wmt14
+    from input_pipeline import text
+    from trainer.tasks import common
+
+    # Neither WMT nor a trained vocabulary is needed: only the vocabulary's size is read.
+    monkeypatch.setattr(common, "data_source", lambda config, split: None)
+    monkeypatch.setattr(text, "load_or_train_sentencepiece",
+                        lambda *args: types.SimpleNamespace(vocab_size=64))
+    config = transformer_wmt14.get_config()
+    config.model.name = "micro"
+    config.model.vocab_size = 32 if output_vocab_size is None else 64
+    if output_vocab_size is not None:
+        config.model.share_embeddings = False
+        config.model.logits_via_embedding = False
+        config.model.output_vocab_size = output_vocab_size
+    size = config.model.get("output_vocab_size") or config.model.vocab_size
+    with pytest.raises(ValueError, match=rf"has 64 tokens but config.model.{field}={size}"):
+        create_task(config).transforms()
+    config.model.vocab_size = config.model.output_vocab_size = 64
+    assert create_task(config).transforms()  # a vocabulary that fits both: accepted
+
+
 @pytest.mark.parametrize("strategy", ["sample", "beamsearch"])
 def test_unusable_bleu_strategy_fails_when_the_task_is_built(strategy):
     # "sample" needs an rng that generation_metrics does not pass; a typo failed only at the

@@ -271,3 +271,34 @@ def test_encoder_block_output_tokens_are_the_full_blocks_first_positions(norm_pl
     # (A change LayerNorm cannot remove: not a constant shift.)
     moved = block.apply(params, x.at[:, 4].multiply(jnp.linspace(-1.0, 2.0, 16)), mask, True, 2)
     assert not np.allclose(moved, cut, atol=1e-3)
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_bfloat16_stacks_start_from_one_rounding_of_embedding_plus_position(part):
+    """Under bfloat16 the first block reads bf16(sqrt(d)·E[id] + PE[pos]), the sum taken in
+    float32 as in flax's wmt example; rounding each term to bfloat16 first differs in the
+    last bit for some elements."""
+    import flax.linen as nn
+
+    from transformer import DecoderBlock
+
+    model = _tiny(dtype=jnp.bfloat16)
+    params = jax.jit(model.init)(jax.random.key(0), SOURCE, TARGET)["params"]
+    block_cls = EncoderBlock if part == "encoder" else DecoderBlock
+    seen = []
+
+    def record_first_input(next_fun, args, kwargs, context):
+        if isinstance(context.module, block_cls) and context.method_name == "__call__":
+            seen.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record_first_input):
+        model.apply({"params": params}, SOURCE, TARGET)
+    tokens = SOURCE if part == "encoder" else shift_right(TARGET)
+    table = params["source_embedding" if part == "encoder" or model.share_embeddings
+                   else "target_embedding"]["embedding"]
+    embedded = np.asarray(table)[np.asarray(tokens)] * np.sqrt(np.float32(model.emb_dim))
+    summed = embedded + sinusoidal_table(16, model.emb_dim)[:tokens.shape[1]]
+    assert seen[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(seen[0], np.float32),
+                                  np.asarray(jnp.asarray(summed, jnp.bfloat16), np.float32))

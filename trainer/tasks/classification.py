@@ -50,6 +50,19 @@ def check_image_batch(batch: Batch, model: vit.VisionTransformer, where: str) ->
         )
 
 
+def checkpoint_grid(value: Any, field: str) -> tuple[int, int] | None:
+    """A config's position grid ``(height, width)`` of an ``.npz`` checkpoint (``None``:
+    recorded in the file, else square), checked here so that a typo names ``field``."""
+    if value is None:
+        return None
+    grid = tuple(value) if isinstance(value, (tuple, list)) else None
+    if grid is None or len(grid) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in grid):
+        raise ValueError(f"{field}={value!r} must be the checkpoint's position grid "
+                         "(height, width) in patches, two positive integers, or None")
+    return grid
+
+
 @register_task("classification")
 class ClassificationTask(Task):
     """Softmax cross-entropy with label smoothing and optional mixup/cutmix on device.
@@ -98,11 +111,14 @@ class ClassificationTask(Task):
 
     def pretrained_params(self, params: Any) -> Any | None:
         """``config.init_checkpoint``: an official-layout ``.npz`` (head and position
-        embeddings adapted to this model by ``vit.load_pretrained``)."""
+        embeddings adapted to this model by ``vit.load_pretrained``; its position grid is
+        ``config.init_checkpoint_grid`` when given)."""
         path = self.config.get("init_checkpoint")
         if not path:
             return None
-        return vit.load_pretrained(path, self.model)
+        grid = checkpoint_grid(self.config.get("init_checkpoint_grid"),
+                               "config.init_checkpoint_grid")
+        return vit.load_pretrained(path, self.model, checkpoint_grid=grid)
 
     def _mix(self, rng: jax.Array, images: jax.Array, onehot: jax.Array):
         mixup = self.config.get("mixup", {})

@@ -17,10 +17,12 @@ what the distillation head learns, one of ``distill.DISTILLATION_TYPES`` — ``"
 teacher's argmax, DeiT's best; ``"soft"``, T²·KL averaged over B·K elements; ``"none"``, no
 teacher term); ``teacher_model`` (a ``config.model``-like ViT
 description); ``teacher_checkpoint`` — a workdir of this project (orbax) or an official-layout
-``.npz``; ``unlabelled_split`` (optional) — more training images whose labels are never read:
-the student sees them with ``dataset.train_split`` in one shuffled stream and learns them from
-the teacher alone (a transfer set, Hinton et al., 2015; function matching, Beyer et al., 2022):
-their label terms are weighted 0 (``distill.losses``, ``label_weights``).
+``.npz`` (``teacher_checkpoint_grid``: its position grid when not recorded and not square,
+as ``config.init_checkpoint_grid``); ``unlabelled_split`` (optional) — more training images
+whose labels are never read: the student sees them with ``dataset.train_split`` in one
+shuffled stream and learns them from the teacher alone (a transfer set, Hinton et al., 2015;
+function matching, Beyer et al., 2022): their label terms are weighted 0 (``distill.losses``,
+``label_weights``).
 
 Feature and attention distillation (TinyBERT, MiniLM) add to any method but ``none``:
 ``feature_weight`` × the hidden-state loss (``feature_loss``: ``"mse"`` or ``"cosine"``) over
@@ -50,7 +52,12 @@ import input_pipeline
 import vit
 from trainer.tasks import common
 from trainer.tasks.base import Batch, Metrics, masked_sum, register_task
-from trainer.tasks.classification import EXAMPLE_KEYS, ClassificationTask, build_vit
+from trainer.tasks.classification import (
+    EXAMPLE_KEYS,
+    ClassificationTask,
+    build_vit,
+    checkpoint_grid,
+)
 
 METHODS = ("soft", "hard", "deit_token", "none")
 # The step takes the gradient of one number: distill.losses' "none" (a loss per example) is
@@ -114,13 +121,16 @@ def _check_logit_options(options: Any) -> None:
 
 
 def load_teacher_params(path: str, model: vit.VisionTransformer,
-                        step: int | None = None) -> tuple[Any, int | None]:
+                        step: int | None = None,
+                        grid: tuple[int, int] | None = None) -> tuple[Any, int | None]:
     """A teacher's parameters and the checkpoint step they are from (None for an ``.npz``):
-    from a workdir (its newest readable orbax checkpoint, or ``step``) or an ``.npz``. Raises
-    naming ``config.distill.teacher_model`` when they are not of that model."""
+    from a workdir (its newest readable orbax checkpoint, or ``step``) or an ``.npz`` (whose
+    position grid is ``grid`` when given, see ``vit.load_pretrained``). Raises naming
+    ``config.distill.teacher_model`` when they are not of that model."""
     if path.endswith(".npz"):
         # A frozen teacher must bring its own head: a fresh one would make it uniform.
-        return vit.load_pretrained(path, model, allow_new_head=False), None
+        return vit.load_pretrained(path, model, checkpoint_grid=grid,
+                                   allow_new_head=False), None
     if not os.path.isdir(os.path.join(path, "checkpoints")):
         raise FileNotFoundError(
             f"config.distill.teacher_checkpoint={path!r} is neither an .npz file nor a workdir "
@@ -185,6 +195,8 @@ class DistillationTask(ClassificationTask):
                              f"classes and the student {self.num_classes}: distillation "
                              "compares their logits class by class, so they must be equal")
         self._teacher_params, self._teacher_step = None, None
+        self.teacher_grid = checkpoint_grid(options.get("teacher_checkpoint_grid"),
+                                            "config.distill.teacher_checkpoint_grid")
         if self.feature_weight or self.attention_weight:
             student_grid, teacher_grid = self.model.grid_size, self.teacher.grid_size
             if student_grid != teacher_grid:
@@ -249,7 +261,7 @@ class DistillationTask(ClassificationTask):
             return {}
         if self._teacher_params is None:
             self._teacher_params, self._teacher_step = load_teacher_params(
-                self.options.teacher_checkpoint, self.teacher)
+                self.options.teacher_checkpoint, self.teacher, grid=self.teacher_grid)
         return {"teacher": self._teacher_params}
 
     def checkpoint_meta(self) -> dict[str, Any]:

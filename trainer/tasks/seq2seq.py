@@ -104,10 +104,14 @@ class Seq2SeqTask(Task):
                 dataset.vocab_path, common.data_source(self.config, dataset.train_split),
                 (dataset.source_key, dataset.target_key), dataset.vocab_size,
                 dataset.get("vocab_train_sentences", 1_000_000))
-            if tokenizer.vocab_size > self.vocab_size:
-                raise ValueError(
-                    f"the vocabulary {dataset.vocab_path} has {tokenizer.vocab_size} tokens but "
-                    f"config.model.vocab_size={self.vocab_size}")
+            # One sentencepiece model tokenises both sides: its ids must fit the source
+            # vocabulary and the target one, which output_vocab_size may make smaller.
+            for field, size in (("vocab_size", self.vocab_size),
+                                (self.model.target_vocab_field, self.model.target_vocab_size)):
+                if tokenizer.vocab_size > size:
+                    raise ValueError(
+                        f"the vocabulary {dataset.vocab_path} has {tokenizer.vocab_size} tokens "
+                        f"but config.model.{field}={size}")
             self._tokenize = input_pipeline.text.TokenizeTranslation(
                 tokenizer, dataset.source_key, dataset.target_key, self.max_length)
         return [self._tokenize]
