@@ -28,6 +28,11 @@ PEAK_TFLOPS = {
     ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
     ("NVIDIA H200 NVL", "bfloat16"): 835.0, ("NVIDIA H200 NVL", "float32"): 60.0,
     ("NVIDIA A100", "bfloat16"): 312.0, ("NVIDIA A100", "float32"): 19.5,
+    # TF32 tensor cores, dense (half the sheets' with-sparsity figures): what float32 matmuls
+    # run on by default on these GPUs (``matmul_precision``).
+    ("NVIDIA H100", "tensorfloat32"): 494.5, ("NVIDIA H100 PCIe", "tensorfloat32"): 378.0,
+    ("NVIDIA H100 NVL", "tensorfloat32"): 417.5, ("NVIDIA H200", "tensorfloat32"): 494.5,
+    ("NVIDIA H200 NVL", "tensorfloat32"): 417.5, ("NVIDIA A100", "tensorfloat32"): 156.0,
     ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0,
     ("TPU v5", "bfloat16"): 459.0,
 }
@@ -190,14 +195,30 @@ def published_peak_tflops(device_kind: str, precision: str) -> float | None:
     return max(matches)[1] if matches else None
 
 
+# Settings of ``jax_default_matmul_precision`` under which XLA:GPU multiplies float32 matrices
+# in TF32 (None and "default" included: TF32 is the GPU's default for float32 dots).
+_TF32_SETTINGS = (None, "default", "high", "tensorfloat32")
+
+
+def matmul_precision(precision: str, platform: str) -> str:
+    """The precision float32 matmuls really run in: ``"tensorfloat32"`` on a GPU unless
+    ``jax_default_matmul_precision`` asks for full float32 ("highest"/"float32"); else
+    ``precision``. A float32 MFU against the plain float32 peak could exceed 100% there."""
+    if (precision == "float32" and platform == "gpu"
+            and jax.config.jax_default_matmul_precision in _TF32_SETTINGS):
+        return "tensorfloat32"
+    return precision
+
+
 def peak_flops(precision: str = "float32", matmul_size: int = 1024) -> tuple[float, str]:
     """Peak FLOP/s of all devices of this run and where the figure comes from.
 
-    Accelerators: the published dense peak per device times the device count. CPU: a float32
-    matmul measured now; simulated CPU devices share the host's cores, so it counts once per
-    process.
+    Accelerators: the published dense peak per device, for the precision matmuls run in
+    (``matmul_precision``), times the device count. CPU: a float32 matmul measured now;
+    simulated CPU devices share the host's cores, so it counts once per process.
     """
     device = jax.local_devices()[0]
+    precision = matmul_precision(precision, device.platform)
     tflops = published_peak_tflops(device.device_kind, precision)
     if tflops is not None:
         return (tflops * 1e12 * jax.device_count(),

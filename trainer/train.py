@@ -261,6 +261,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     step = start_step
 
     def save(at_step: int) -> None:
+        if pending:  # never checkpoint a NaN loss or NaN/Inf parameters
+            _host_scalars(pending, pending_first_step)
         checkpointer.save(at_step, state, train_iter, meta)
 
     with _PreemptionFlag() as preemption:
@@ -295,6 +297,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                             or step == last_step)
                 eval_now = step % config.eval_every_steps == 0 or is_last
                 preempted = preemption.anywhere()
+                if preempted:
+                    # Saved (and written through) before logging and evaluating: the grace
+                    # period after SIGTERM can be shorter than an evaluation (BLEU decoding
+                    # on WMT), and the checkpoint is what has to survive it.
+                    save(step)
+                    checkpointer.wait()
                 if log_now or eval_now:
                     # Also checks that every loss since the last log is finite.
                     scalars = _host_scalars(pending, pending_first_step)
@@ -315,14 +323,12 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                         improve_best_eval(best_eval, last_eval)
                     writer.write(step, scalars)
                     timer_start, timer_step = time.time(), step
-                if save_now or preempted:
-                    if pending:  # never checkpoint a NaN loss or NaN/Inf parameters
-                        _host_scalars(pending, pending_first_step)
-                    save(step)
-                    timer_start, timer_step = time.time(), step
                 if preempted:
                     writer.text(f"preempted: saved the checkpoint at step {step}; exiting")
                     break
+                if save_now:
+                    save(step)
+                    timer_start, timer_step = time.time(), step
         finally:
             checkpointer.close()
             writer.close()

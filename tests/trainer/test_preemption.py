@@ -47,3 +47,36 @@ def test_sigterm_saves_then_restart_resumes(tmp_path, digits_data_dir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from the checkpoint at step {saved_step}" in resumed.stdout
     assert max(r["step"] for r in read_metrics(workdir)) == saved_step + 2
+
+
+@pytest.mark.slow  # trains through the launcher's loop
+def test_a_preempted_step_is_saved_before_it_is_evaluated(tmp_path, digits_data_dir,
+                                                          monkeypatch):
+    """SIGTERM at a step that also evaluates: the checkpoint is written first, since the
+    grace period may end during a long evaluation (BLEU decoding); the evaluation then still
+    runs and is logged, and the run stops there."""
+    from tests.trainer.tiny import tiny_digits_config
+    from trainer import checkpointing, train
+
+    events = []
+    calls = iter(range(10**6))
+    monkeypatch.setattr(train._PreemptionFlag, "anywhere",
+                        lambda self: next(calls) >= 2)  # asked at step 3, an eval step
+    real_save, real_evaluate = checkpointing.Checkpointer.save, train.evaluate
+
+    def save(self, step, *args):
+        events.append(("save", step))
+        return real_save(self, step, *args)
+
+    def evaluate(*args):
+        events.append(("evaluate",))
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "save", save)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    workdir = str(tmp_path / "run")
+    config = tiny_digits_config(digits_data_dir, checkpoint_every_steps=100,
+                                async_checkpoints=True)
+    assert train.train_and_evaluate(config, workdir)["step"] == 3
+    assert events == [("save", 3), ("evaluate",)]
+    assert "eval/loss" in read_metrics(workdir)[-1]

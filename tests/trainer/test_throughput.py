@@ -57,6 +57,18 @@ def test_published_peak_is_the_longest_matching_device_kind():
     assert throughput.published_peak_tflops("cpu", "float32") is None
 
 
+def test_float32_mfu_on_a_gpu_is_measured_against_the_tf32_peak():
+    """XLA:GPU runs float32 dots in TF32 unless the default matmul precision says otherwise,
+    so a float32 run's peak is the TF32 one (an H100's plain float32 peak, 67 TFLOP/s, is
+    below what its TF32 matmuls reach: MFU above 100%)."""
+    assert throughput.matmul_precision("float32", "gpu") == "tensorfloat32"
+    assert throughput.published_peak_tflops("NVIDIA H100 80GB HBM3", "tensorfloat32") == 494.5
+    assert throughput.matmul_precision("float32", "cpu") == "float32"
+    assert throughput.matmul_precision("bfloat16", "gpu") == "bfloat16"
+    with jax.default_matmul_precision("highest"):
+        assert throughput.matmul_precision("float32", "gpu") == "float32"
+
+
 def _launcher_step_flops(**overrides):
     from tests.trainer.tiny import tiny_digits_config
     from trainer.optimizers import make_optimizer
