@@ -81,7 +81,9 @@ def vit_model(name: str, num_classes: int, **fields) -> ml_collections.ConfigDic
     model = ml_collections.ConfigDict(dict(
         name=name,
         num_classes=num_classes,
-        image_size=224,
+        # Typed object, not int: a (height, width) pair, e.g. --config.model.image_size=384,640
+        # for fine-tuning at a non-square resolution, is accepted as well as a side length.
+        image_size=ml_collections.FieldReference(224, field_type=object),
         num_channels=3,
         classifier="token",
         representation_size=ml_collections.FieldReference(None, field_type=int),

@@ -1,7 +1,6 @@
 """The classification task's loss and evaluation, on tiny models (no training run)."""
 
 import jax
-import ml_collections
 import numpy as np
 
 from configs.common import vit_model
@@ -13,10 +12,7 @@ def _task(**model_fields):
     config = tiny_digits_config("unused", label_smoothing=0.0, **{"mixup.mixup_alpha": 0.0})
     fields = dict(image_size=8, patch_size=2, num_channels=1, hidden_size=16, num_layers=1,
                   num_heads=2, mlp_dim=16, dropout_rate=0.0)
-    # Fields merged before the ConfigDict is built: its image_size is typed int, and a test
-    # here needs a non-square (height, width).
-    config.model = ml_collections.ConfigDict(
-        {**vit_model("ViT-micro", num_classes=10, **fields).to_dict(), **model_fields})
+    config.model = vit_model("ViT-micro", num_classes=10, **{**fields, **model_fields})
     return create_task(config)
 
 
@@ -105,3 +101,22 @@ def test_every_vit_config_takes_an_init_checkpoint_and_its_grid():
         config.init_checkpoint_grid = (4, 9)  # a FieldReference typed tuple: settable
         assert config.init_checkpoint_grid == (4, 9)
     assert distill_digits.get_config().distill.teacher_checkpoint_grid is None
+
+
+def test_command_line_sets_a_non_square_image_size_and_checkpoint_grid():
+    """Through ml_collections' config flags, as ``trainer.main`` parses them: a fine-tuning
+    resolution ``(height, width)`` and a checkpoint grid, each written ``a,b``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from tests.trainer.launcher import REPO
+
+    argv = ["trainer.main", f"--config={REPO}/configs/vit_finetune.py:cifar10",
+            "--config.model.image_size=384,640", "--config.init_checkpoint_grid=14,14"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = flag_values.config
+    assert config.model.image_size == (384, 640)
+    assert config.init_checkpoint_grid == (14, 14)
+    assert create_task(config).model.grid_size == (24, 40)
