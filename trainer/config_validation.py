@@ -23,8 +23,10 @@ def validate(config: Any) -> None:
         if not _is_positive_int(value):
             raise ValueError(f"config.{name}={value!r} must be a positive integer")
     seed = config.seed
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"config.seed={seed!r} must be an integer >= 0")
+    # The data loader's shuffle (input_pipeline.loader.EpochShuffle) takes seeds in
+    # [0, 2**32) only; refused here, before anything is built, with the field named.
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"config.seed={seed!r} must be an integer >= 0 and < 2**32")
     optimizers.check_optimizer(config.optimizer)
     optimizers.check_schedule(config.schedule, config.num_train_steps)
     learning_rate = config.optimizer.get("learning_rate")
@@ -63,6 +65,14 @@ def _validate_optimizer(config: Any) -> None:
     weight_decay = config.optimizer.get("weight_decay", 0.0)
     if not _is_number(weight_decay) or weight_decay < 0:
         raise ValueError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
+    # optimizers.make_optimizer clips only when grad_clip_norm is truthy (None and 0: off).
+    # optax.clip_by_global_norm(c) scales gradients by c / norm when norm > c: a negative c
+    # flips every update (gradient ascent) and NaN makes them all NaN, without an error.
+    grad_clip_norm = config.optimizer.get("grad_clip_norm")
+    if grad_clip_norm is not None and (not _is_number(grad_clip_norm)
+                                       or not grad_clip_norm >= 0):
+        raise ValueError(f"config.optimizer.grad_clip_norm={grad_clip_norm!r} must be a number "
+                         ">= 0 (0 or None: no clipping)")
 
 
 def _validate_mixup(mixup: Any) -> None:

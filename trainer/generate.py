@@ -12,6 +12,7 @@ empty outputs, and unknown characters become the vocabulary's unknown token.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -38,7 +39,7 @@ flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 flags.DEFINE_integer("top_k", 0, "Sampling: keep the k most likely tokens (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("batch_size", 32, "Lines decoded together.")
+flags.DEFINE_integer("batch_size", 32, "Lines decoded together.", lower_bound=1)
 flags.DEFINE_integer("max_decode_length", 0, "Output length limit (0: the model's).")
 
 
@@ -68,16 +69,20 @@ class LineCodec:
             ids = self.tokenizer.encode(line)
         else:
             words = line.split()
-            ids = [int(w) for w in words if w.isdigit() and 2 <= int(w) < self.vocab_size]
+            ids = [int(w) for w in words if self._is_id(w)]
             if len(ids) != len(words):
                 logging.warning("line %d: dropped tokens that are not ids in [2, %d): %s",
                                 number, self.vocab_size,
-                                [w for w in words if not (w.isdigit()
-                                                          and 2 <= int(w) < self.vocab_size)])
+                                [w for w in words if not self._is_id(w)])
         if len(ids) > self.max_length - 1:
             logging.warning("line %d has %d tokens; truncated to %d", number, len(ids),
                             self.max_length - 1)
         return pad_to_length(ids, self.max_length)
+
+    def _is_id(self, word: str) -> bool:
+        # ASCII decimals only: str.isdigit() is also true of '²' (int() raises) and
+        # str.isdecimal() of '٣' (int() reads 3), neither of which is a written token id.
+        return word.isascii() and word.isdecimal() and 2 <= int(word) < self.vocab_size
 
     def decode(self, ids: np.ndarray) -> str:
         ids = [int(i) for i in ids]
@@ -101,6 +106,13 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     """Yields one decoded line per input line (see the module docstring)."""
+    batch_size = options.pop("batch_size", 32)
+    # Checked first, before the checkpoint is restored: 0 or less would otherwise end in a
+    # numpy broadcasting error when the first batch is padded.
+    if (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
+            or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} (--batch_size) must be an integer >= 1: "
+                         "the number of lines decoded together")
     config = load_run_config(workdir)
     model = build_transformer(config.model, config.model.vocab_size, jnp.float32)
     max_length = model.max_length
@@ -108,7 +120,6 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     decoding.check_max_decode_length(max_decode_length, model)  # before the restore
     params = restore_params(workdir)
     codec = LineCodec(config, max_length, config.model.vocab_size)
-    batch_size = options.pop("batch_size", 32)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(
         model, p, x, max_decode_length=max_decode_length, rng=r, **options))

@@ -54,7 +54,9 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
     """Learning rate per step.
 
     ``warmup_rsqrt`` is the schedule of "Attention Is All You Need" (eq. 3) scaled so that it
-    peaks at ``base_learning_rate`` at the end of warmup: lr·min(step/warmup, √(warmup/step)).
+    peaks at ``base_learning_rate`` at the end of warmup, written as flax's examples/wmt:
+    lr·min(1, step/warmup)·√(warmup/max(step, warmup)), which is 0 at step 0. With
+    ``warmup_steps=0`` it is lr·√(1/max(step, 1)): the peak from step 0, as the other schedules.
     """
     check_schedule(schedule_config, total_steps)
     name = schedule_config.name
@@ -67,11 +69,16 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
         return optax.join_schedules(
             [optax.linear_schedule(0.0, base_learning_rate, warmup), constant], [warmup])
     if name == "warmup_rsqrt":
-        warmup = max(warmup, 1)
+        # No division by zero: the ramp step/warmup exists only when warmup > 0, and the
+        # decay divides by max(step, warmup, 1). (Clamping the step to 1 instead, as before,
+        # gave lr(0) = lr(1) = lr/warmup: the only schedule that did not warm up from 0.)
+        decay_from = max(warmup, 1)
 
         def rsqrt(step):
-            step = jnp.maximum(step, 1).astype(jnp.float32)
-            return base_learning_rate * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+            step = jnp.asarray(step, jnp.float32)
+            ramp = jnp.minimum(1.0, step / warmup) if warmup else 1.0
+            decay = jnp.sqrt(decay_from / jnp.maximum(step, decay_from))
+            return base_learning_rate * ramp * decay
 
         return rsqrt
     decay_steps = max(total_steps - warmup, 1)

@@ -27,8 +27,10 @@ def initialize_distributed(
 ) -> None:
     """Calls ``jax.distributed.initialize`` when this is a multi-host run.
 
-    Explicit arguments win; otherwise JAX auto-detects TPU pods and SLURM/Open MPI clusters.
-    A single process with no cluster environment is left alone.
+    Explicit arguments win; otherwise it is called without arguments, for JAX to auto-detect
+    the cluster, in a TPU pod and in a SLURM step (``srun``) or Open MPI job (``mpirun``) of
+    more than one task (``_cluster_detected``). A single process is left alone, also one started
+    in a SLURM allocation without ``srun`` (a ``salloc`` shell, an ``sbatch`` script).
     """
     explicit = coordinator_address is not None or num_processes is not None
     if explicit:
@@ -49,11 +51,36 @@ def initialize_distributed(
     )
 
 
+# What JAX's own detection requires (jax/_src/clusters/slurm_cluster.py, ompi_cluster.py).
+# SLURM_STEP_NODELIST, SLURM_PROCID and SLURM_LOCALID are set inside an srun step only: a
+# salloc shell or an sbatch script has SLURM_JOB_ID (and SLURM_NTASKS) without them, and there
+# jax.distributed.initialize() fails ("coordinator_address should be defined").
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
+_OMPI_VARS = ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE")  # set by mpirun / mpiexec
+
+
 def _cluster_detected() -> bool:
+    """Whether this process is one of several that JAX's auto-detection will find.
+
+    A TPU pod by its variables; SLURM and Open MPI only with the variables JAX reads and more
+    than one task (``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``): one task needs no coordinator.
+    """
     import os
 
-    return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                         "MEGASCALE_COORDINATOR_ADDRESS"))
+    if "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
+        return True
+    for variables, count in ((_SLURM_VARS, "SLURM_NTASKS"), (_OMPI_VARS, "OMPI_COMM_WORLD_SIZE")):
+        if all(name in os.environ for name in variables):
+            value = os.environ[count]
+            try:
+                tasks = int(value)
+            except ValueError:
+                raise ValueError(f"environment variable {count}={value!r} must be an integer "
+                                 "(the job's number of tasks)") from None
+            if tasks > 1:
+                return True
+    return False
 
 
 def make_mesh(mesh_shape: dict[str, int]) -> Mesh:

@@ -25,6 +25,13 @@ def test_the_demo_config_passes():
     ("mixup.switch_prob", 1.5, "config.mixup.switch_prob=1.5 must be in [0, 1]"),
     ("mixup.switch_prob", -0.1, "config.mixup.switch_prob=-0.1 must be in [0, 1]"),
     ("seed", -1, "config.seed=-1 must be an integer >= 0"),
+    # The loader's shuffle refuses seeds from 2**32 on, without naming config.seed.
+    ("seed", 2**32, "config.seed=4294967296 must be an integer >= 0 and < 2**32"),
+    # A negative clip norm reverses every update (optax scales by norm_c / norm < 0).
+    ("optimizer.grad_clip_norm", -1.0,
+     "config.optimizer.grad_clip_norm=-1.0 must be a number >= 0 (0 or None: no clipping)"),
+    ("optimizer.grad_clip_norm", float("nan"),
+     "config.optimizer.grad_clip_norm=nan must be a number >= 0"),
     ("optimizer.name", "lamb", "config.optimizer.name='lamb' is not supported; expected one of"),
     ("schedule.name", "poly", "config.schedule.name='poly' is not supported; expected one of"),
     ("schedule.warmup_steps", -5, "config.schedule.warmup_steps=-5 must be an integer >= 0"),
@@ -50,6 +57,15 @@ def test_accumulation_that_divides_the_batch_and_no_mixup_pass():
     config.optimizer.accum_steps = 8  # batch_size 128
     config.mixup.mixup_alpha = 0.0
     config.mixup.switch_prob = 1.0
+    config_validation.validate(config)
+
+
+@pytest.mark.parametrize("grad_clip_norm", [None, 0, 0.0, 1, 0.5])
+def test_clipping_off_or_a_non_negative_norm_and_the_largest_seed_pass(grad_clip_norm):
+    config = vit_digits.get_config()
+    # None and 0 both mean no clipping in optimizers.make_optimizer.
+    config.optimizer.grad_clip_norm = grad_clip_norm
+    config.seed = 2**32 - 1
     config_validation.validate(config)
 
 

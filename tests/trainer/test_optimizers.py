@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs.common import base_config
@@ -55,9 +56,16 @@ def test_adam_weight_decay_is_l2_and_adamw_decoupled():
 
 def test_inverse_square_root_schedule_of_the_paper():
     lr = _schedule("warmup_rsqrt", warmup=4000, total=100_000)
+    # Warms up linearly from 0 like the other schedules and flax's examples/wmt (it once
+    # clamped the step to 1: lr(0) = lr(1) = 1/4000).
+    assert float(lr(0)) == 0.0
+    assert float(lr(1)) == pytest.approx(1 / 4000)
     assert float(lr(2000)) == pytest.approx(0.5)
     assert float(lr(4000)) == pytest.approx(1.0)
     assert float(lr(16000)) == pytest.approx(0.5)
+    # No warmup: the peak from step 0 (no division by zero), then 1/sqrt(step).
+    no_warmup = _schedule("warmup_rsqrt", warmup=0)
+    assert [float(no_warmup(step)) for step in (0, 1, 4)] == pytest.approx([1.0, 1.0, 0.5])
 
 
 def test_no_weight_decay_on_biases_norms_embeddings():
@@ -74,7 +82,7 @@ def test_no_weight_decay_on_biases_norms_embeddings():
     assert not mask["token_embed"]["embedding"]
 
 
-def test_adamw_decays_kernels_only_and_clips():
+def test_adamw_decays_kernels_only():
     config = base_config()
     config.optimizer.weight_decay = 0.5
     config.optimizer.learning_rate = 0.1
@@ -86,6 +94,52 @@ def test_adamw_decays_kernels_only_and_clips():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_gradients_are_clipped_to_the_global_norm_before_weight_decay():
+    """Plain SGD (lr 0.1, no momentum) with grad_clip_norm=1: a gradient of global norm 5,
+    split over two leaves, is scaled by 1/5 as a whole (not leaf by leaf), before the
+    decoupled weight decay is added."""
+    config = base_config()
+    config.optimizer.update(dict(name="sgd", momentum=0.0, learning_rate=0.1,
+                                 grad_clip_norm=1.0, weight_decay=0.0))
+    config.schedule.update(dict(name="constant", warmup_steps=0))
+    params = {"kernel": jnp.ones((2,)), "bias": jnp.ones((1,))}
+    grads = {"kernel": jnp.array([3.0, 0.0]), "bias": jnp.array([4.0])}
+
+    def update(grads):
+        tx, _ = make_optimizer(config, total_steps=10)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    clipped = update(grads)
+    np.testing.assert_allclose(clipped["kernel"], [-0.06, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(clipped["bias"], [-0.08], rtol=1e-6)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(0.1 * 1.0)  # lr · clip
+    # A gradient under the norm is left alone.
+    small = update(jax.tree.map(lambda g: g / 10, grads))
+    np.testing.assert_allclose(small["kernel"], [-0.03, 0.0], rtol=1e-6)
+    # Decay after clipping: -lr · (g/5 + wd·w) on the kernel; clipping g + wd·w instead would
+    # give [-0.0656, -0.0094] (bias: no decay).
+    config.optimizer.weight_decay = 0.5
+    decayed = update(grads)
+    np.testing.assert_allclose(decayed["kernel"], [-0.11, -0.05], rtol=1e-6)
+    np.testing.assert_allclose(decayed["bias"], [-0.08], rtol=1e-6)
+
+
+def test_adam_sees_clipped_gradients():
+    """Gradients of norm 50 then 5, clipped to 5: Adam sees the same gradient twice, so its
+    second update is -lr·m̂/√v̂ = -lr on each entry. Unclipped (or clipped after Adam, whose
+    normalised update is far under 5) the moments of the two differ: about -0.74·lr."""
+    config = base_config()
+    config.optimizer.update(dict(name="adamw", learning_rate=0.1, grad_clip_norm=5.0,
+                                 weight_decay=0.0, eps=1e-8))
+    config.schedule.update(dict(name="constant", warmup_steps=0))
+    tx, _ = make_optimizer(config, total_steps=10)
+    params = {"kernel": jnp.zeros((2,))}
+    state = tx.init(params)
+    for gradient in ([30.0, 40.0], [3.0, 4.0]):
+        updates, state = tx.update({"kernel": jnp.array(gradient)}, state, params)
+    np.testing.assert_allclose(updates["kernel"], [-0.1, -0.1], rtol=1e-4)  # float32 moments
 
 
 def test_unknown_optimizer_and_bad_warmup():

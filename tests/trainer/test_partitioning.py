@@ -1,4 +1,6 @@
-"""Placing host batches on the mesh."""
+"""Placing host batches on the mesh, and when a run starts jax.distributed."""
+
+import os
 
 import jax
 import numpy as np
@@ -43,3 +45,57 @@ def test_pretrained_entries_replace_the_initialisation_and_the_rest_is_kept():
     with pytest.raises(ValueError, match="not in this model.*'extra/kernel'"):
         _start_from({"extra": {"kernel": np.zeros(1, np.float32)}}, initial, shardings,
                     fingerprint)
+
+
+_SRUN_STEP = {"SLURM_JOB_ID": "123", "SLURM_STEP_NODELIST": "node[001-002]", "SLURM_NTASKS": "2",
+              "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+
+
+def _cluster_environment(monkeypatch, variables):
+    """Only ``variables`` of the cluster variables (the test may itself run under SLURM), and
+    a ``jax.distributed.initialize`` that records its calls instead of connecting."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_")) or name in ("TPU_WORKER_HOSTNAMES",
+                                                            "MEGASCALE_COORDINATOR_ADDRESS"):
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    return calls
+
+
+@pytest.mark.parametrize("variables, multi_process", [
+    ({}, False),
+    # A salloc shell or an sbatch script run without srun: SLURM_JOB_ID but no step variables
+    # (before: initialize() raised "coordinator_address should be defined").
+    ({"SLURM_JOB_ID": "123", "SLURM_NTASKS": "4"}, False),
+    ({**_SRUN_STEP, "SLURM_NTASKS": "1"}, False),  # a one-task srun step: nothing to join
+    (_SRUN_STEP, True),
+    ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
+      "OMPI_COMM_WORLD_SIZE": "1"}, False),
+    ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
+      "OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.1,10.0.0.2"}, True),
+], ids=["no_cluster", "salloc_or_sbatch_shell", "srun_1_task", "srun_2_tasks", "mpirun_np1",
+        "mpirun_np2", "tpu_pod"])
+def test_initialize_only_in_a_job_of_several_tasks(monkeypatch, variables, multi_process):
+    calls = _cluster_environment(monkeypatch, variables)
+    partitioning.initialize_distributed()
+    assert calls == ([()] if multi_process else [])
+
+
+def test_an_srun_step_is_what_jax_detects_as_slurm(monkeypatch):
+    """The SLURM variables required here are the ones JAX's own detection requires."""
+    from jax._src.clusters import SlurmCluster
+
+    _cluster_environment(monkeypatch, _SRUN_STEP)
+    assert SlurmCluster.is_env_present() and partitioning._cluster_detected()
+    monkeypatch.delenv("SLURM_STEP_NODELIST")
+    assert not SlurmCluster.is_env_present() and not partitioning._cluster_detected()
+
+
+def test_a_bad_task_count_is_named(monkeypatch):
+    _cluster_environment(monkeypatch, {**_SRUN_STEP, "SLURM_NTASKS": "two"})
+    with pytest.raises(ValueError, match=r"SLURM_NTASKS='two' must be an integer"):
+        partitioning.initialize_distributed()
