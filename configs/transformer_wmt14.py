@@ -18,6 +18,13 @@ Other deviations from the paper:
 - bfloat16 computation with float32 parameters (``mixed_precision``).
 - No averaging of the last 5 checkpoints; the evaluated model is the last one.
 - BLEU decodes up to 256 output tokens (``dataset.max_length``), not input length + 50.
+- Training drops every sentence pair whose source or target, EOS included, is longer than
+  256 sentencepiece tokens (``dataset.max_length``), as Flax's example does (its
+  ``length_filter``); the paper does not say how it treats long pairs.
+- Evaluation keeps every newstest2014 pair (Flax's example drops the overlong ones there
+  too) but truncates a side longer than 256 tokens to 255 tokens and EOS: such a pair's
+  source reaches the model cut, and its BLEU reference is decoded from the cut target, as
+  are the eval loss and accuracies. How many pairs this affects was not counted (no data).
 - A 32k sentencepiece unigram vocabulary rather than the paper's ~37k shared BPE.
 - BLEU is sacreBLEU's detokenised corpus BLEU (its default 13a tokeniser) against references
   that went through the sentencepiece round trip, not the paper's tokenised BLEU.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from input_pipeline import digits, docstrings, synthetic_seq2seq
@@ -11,15 +12,55 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not prepared in the data directory (and cannot be downloaded here)."""
 
 
-def _not_found(name: str, split: str, data_dir: str | None, cause: Exception,
-               manual_instructions: str | None = None) -> DatasetNotFoundError:
-    """``manual_instructions``: the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` (ImageNet's
-    archives need a registration, so ``tfds build`` alone cannot fetch them)."""
+def _build_name(name: str, builder: Any) -> str:
+    """What ``tfds build`` must be given to prepare exactly ``builder``: ``name/config`` (and
+    ``:version`` when ``name`` pins one). A bare ``wmt14_translate`` would build every config,
+    ``cs-en``, ``hi-en`` and ``ru-en`` included, which need files downloaded by hand."""
+    build = builder.name
+    if getattr(builder, "builder_config", None) is not None:
+        # Also when the name has no config: tfds.builder then reads the default one.
+        build += f"/{builder.builder_config.name}"
+    if ":" in name:
+        build += f":{builder.version}"
+    return build
+
+
+def _manual_download_instructions(builder: Any) -> str | None:
+    """What must be downloaded by hand before ``tfds build`` can prepare ``builder``'s config,
+    or None. ``MANUAL_DOWNLOAD_INSTRUCTIONS`` is per builder class; WMT's says only that "some
+    of the wmt configs" need one, and its configs list which sub-corpora do (``de-en`` none,
+    ``cs-en`` CzEng): those are read instead. TFDS has no per-config field in general."""
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    wmt = sys.modules.get("tensorflow_datasets.translate.wmt")
+    if not instructions or wmt is None or not isinstance(builder, wmt.WmtTranslate):
+        return instructions
+    try:
+        source_language = builder.builder_config.language_pair[0]
+        lines = []
+        for corpus in sorted({c for names in builder.subsets.values() for c in names}):
+            files = wmt.DATASET_MAP[corpus].get_manual_dl_files(source_language)
+            if files:
+                urls = wmt.DATASET_MAP[corpus].get_url(source_language)
+                urls = [urls] if isinstance(urls, str) else urls
+                lines.append(f"{corpus}: {', '.join(files)} (from {', '.join(urls)})")
+    except (AttributeError, KeyError, TypeError):  # TFDS internals changed: say what it says
+        return instructions
+    return "\n".join(lines) or None
+
+
+def _not_found(name: str, split: str, data_dir: str | None, builder: Any) -> DatasetNotFoundError:
+    """``builder``: the unprepared dataset. Its manual-download instructions, when its config
+    needs any (ImageNet's archives need a registration, so ``tfds build`` alone cannot fetch
+    them), are repeated in the message."""
     where = data_dir or digits.default_data_dir()
-    base = name.split("/")[0].split(":")[0]
+    build = _build_name(name, builder)
+    # tfds build writes <data_dir>/<name>/<config>/<version>: the config's folder is copied,
+    # so that other configs already in the target's <name> folder stay.
+    folder = build.split(":")[0]
+    manual_instructions = _manual_download_instructions(builder)
     manual = ""
     if manual_instructions:
-        manual = (f"  # {base} needs files downloaded by hand first, into "
+        manual = (f"  # {build} needs files downloaded by hand first, into "
                   "/some/manual_dir:\n" + "".join(
                       f"  #   {line.strip()}\n" for line in manual_instructions.splitlines()
                       if line.strip()))
@@ -28,11 +69,11 @@ def _not_found(name: str, split: str, data_dir: str | None, cause: Exception,
         "machine does not download data at run time. On a connected machine run:\n"
         f"  pip install -e '.[prepare]'   # TensorFlow is needed to prepare most datasets\n"
         f"{manual}"
-        f"  tfds build {base} --file_format=array_record --data_dir=/some/dir"
+        f"  tfds build {build} --file_format=array_record --data_dir=/some/dir"
         f"{' --manual_dir=/some/manual_dir' if manual else ''}\n"
-        f"then copy /some/dir/{base} to {where}/{base} (or pass "
-        f"--config.dataset.data_dir=<the copied parent>). Cause: {type(cause).__name__}: "
-        f"{cause}")
+        f"then copy /some/dir/{folder} to {where}/{folder} (or pass "
+        f"--config.dataset.data_dir=<the copied parent>). Cause: FileNotFoundError: "
+        f"{builder.data_dir}")
 
 
 def import_builder_module(name: str) -> bool:
@@ -80,17 +121,27 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
         data_dir = digits.prepare_digits(data_dir)
     import tensorflow_datasets as tfds
 
+    not_registered = tfds.core.registered.DatasetNotFoundError
+    builder = unknown = None
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    except tfds.core.registered.DatasetNotFoundError as error:
-        if not import_builder_module(name):
-            raise ValueError(
-                f"dataset name {name!r} is not in the TFDS catalogue: {error}") from error
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except not_registered as error:
+        unknown = error
+    if builder is None and import_builder_module(name):
+        # The module found by the name's first word may define other datasets only
+        # ("mnist_typo" imports mnist.py, "cifar_100" cifar.py): still not in the catalogue.
+        try:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        except not_registered as error:
+            unknown = error
+    if builder is None:
+        raise ValueError(
+            f"config.dataset.name={name!r} is not in the TFDS catalogue; expected a TFDS name "
+            "(such as 'cifar10' or 'wmt14_translate/de-en'), 'digits', 'stdlib_docstrings' or "
+            f"'synthetic/<task>'. TFDS: {unknown}") from unknown
     # Checked before tfds.data_source, which would otherwise try to prepare the dataset.
     if not builder.is_prepared():
-        raise _not_found(name, split, data_dir, FileNotFoundError(builder.data_dir),
-                         getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+        raise _not_found(name, split, data_dir, builder)
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise DatasetNotFoundError(
             f"dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format}; "

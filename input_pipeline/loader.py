@@ -90,9 +90,17 @@ def _apply(dataset: Any, transforms: Sequence[Any]) -> Any:
     for transform in transforms:
         if isinstance(transform, grain.transforms.RandomMap):
             dataset = dataset.random_map(transform)
+        elif isinstance(transform, grain.transforms.Filter):
+            # A MapDataset holds None where the filter rejects an example; to_iter_dataset
+            # skips those.
+            dataset = dataset.filter(transform)
         else:
             dataset = dataset.map(transform)
     return dataset
+
+
+def _filters(transforms: Sequence[Any]) -> list[Any]:
+    return [t for t in transforms if isinstance(t, grain.transforms.Filter)]
 
 
 class _TrimPadding(grain.transforms.Map):
@@ -153,6 +161,13 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     ``pack_length``: sequences (``pack_keys``, zero-padded) are packed into rows of that many
     tokens with grain's first-fit packing, which adds ``<key>_segment_ids`` and
     ``<key>_positions``; each host then packs every ``process_count``-th example.
+
+    ``transforms`` may include ``grain.transforms.Filter``s, which drop the examples they
+    reject. A batch is then no fixed slice of the global order: as with packing, each host
+    transforms every ``process_count``-th example and batches those kept, so the batches
+    depend on the number of hosts (still a pure function of the seed, the host and the host
+    count, and restored exactly from the iterator state). A window of 1,000 examples with none
+    kept raises (grain's ``filter_raise_threshold_ratio``) instead of looping forever.
     """
     local_batch = _check_sharding(global_batch_size, process_index, process_count,
                                   "batch_size")
@@ -160,12 +175,23 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
         raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of "
                          f"{global_batch_size}: lower batch_size")
     dataset = EpochShuffle(grain.MapDataset.source(source).seed(seed), seed)
-    if pack_length:
+    if pack_length or _filters(transforms):
+        # A batch holds however many examples were packed or kept: not a fixed slice of the
+        # global order, so each host takes every process_count-th example.
         dataset = _apply(dataset[process_index::process_count], transforms)
-        dataset = dataset.map(_TrimPadding(pack_keys)).to_iter_dataset()
-        iterable = grain.experimental.FirstFitPackIterDataset(
-            dataset, length_struct={key: pack_length for key in pack_keys},
-            num_packing_bins=local_batch, seed=seed).batch(local_batch, drop_remainder=True)
+        if pack_length:
+            dataset = dataset.map(_TrimPadding(pack_keys)).to_iter_dataset()
+            iterable = grain.experimental.FirstFitPackIterDataset(
+                dataset, length_struct={key: pack_length for key in pack_keys},
+                num_packing_bins=local_batch, seed=seed)
+        else:
+            iterable = dataset.to_iter_dataset()
+        iterable = iterable.batch(local_batch, drop_remainder=True)
+        if _filters(transforms):
+            # The stream is endless: a filter rejecting everything would hang it silently
+            # (grain only warns, once a minute, past 90% rejected).
+            iterable = grain.experimental.WithOptionsIterDataset(
+                iterable, grain.experimental.DatasetOptions(filter_raise_threshold_ratio=1.0))
     else:
         # Lazy: a host only reads and transforms the examples of its own slices.
         dataset = _apply(dataset, transforms).batch(local_batch, drop_remainder=True)
@@ -202,6 +228,9 @@ def make_eval_batches(source: Any, *, global_batch_size: int, transforms: Sequen
     """
     local_batch = _check_sharding(global_batch_size, process_index, process_count,
                                   "eval_batch_size")
+    if _filters(transforms):
+        raise ValueError(f"evaluation keeps every example, but transforms include filters "
+                         f"{_filters(transforms)}: pass them to the training loader only")
     total = len(source)
     if total == 0:
         raise ValueError("the eval split is empty")

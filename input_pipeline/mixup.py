@@ -29,7 +29,8 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, labels: jax.Array, *,
     """Mixes each example with the batch reversed (as timm does), one ratio per batch.
 
     Args:
-      images: ``[batch, height, width, channels]`` float.
+      images: ``[batch, height, width, channels]`` float; the mixed images keep their dtype
+        (bfloat16 included).
       labels: ``[batch, num_classes]`` one-hot (or soft) targets.
       mixup_alpha / cutmix_alpha: Beta(α, α) parameters; 0 disables that method.
       switch_prob: with both enabled, the probability of CutMix for this batch.
@@ -46,7 +47,10 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, labels: jax.Array, *,
 
     def mixup(_):
         lam = jax.random.beta(rng_mix, mixup_alpha, mixup_alpha) if mixup_alpha else 1.0
-        return lam * images + (1 - lam) * partner_images, jnp.asarray(lam, jnp.float32)
+        # lam is float32, which promotes bfloat16 images: cast back here, not after the
+        # cond, whose two branches must return the same dtype (cutmix keeps the images').
+        mixed = (lam * images + (1 - lam) * partner_images).astype(images.dtype)
+        return mixed, jnp.asarray(lam, jnp.float32)
 
     def cutmix(_):
         lam = jax.random.beta(rng_cut, cutmix_alpha, cutmix_alpha)
@@ -62,4 +66,4 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, labels: jax.Array, *,
     else:
         mixed, lam = mixup(None)
     targets = lam * labels + (1 - lam) * partner_labels
-    return mixed.astype(images.dtype), targets
+    return mixed, targets

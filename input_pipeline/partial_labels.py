@@ -18,8 +18,10 @@ class PartiallyLabelled:
     """The examples of ``labelled`` followed by those of ``unlabelled``.
 
     Every example gets ``label_weight`` float32 (1.0 labelled, 0.0 unlabelled). An unlabelled
-    example's ``label`` is replaced by 0, so nothing downstream can learn from a label the
-    setting says is unknown; it is added when the unlabelled source has none.
+    example's ``label`` is replaced by zeros of the labelled examples' label shape and dtype (a
+    class id, or a ``[K]`` multi-label or soft target), so nothing downstream can learn from a
+    label the setting says is unknown and both parts batch together; it is added when the
+    unlabelled source has none.
 
     Only ``keys`` (and ``label_weight``) are kept: TFDS examples also carry strings
     (``file_name``, ``id``) that JAX cannot hold and variable-size arrays
@@ -41,10 +43,12 @@ class PartiallyLabelled:
         first = labelled[0]
         if "label" not in first:
             raise ValueError(f"labelled examples need a 'label'; got keys {sorted(first)}")
-        self._label_dtype = np.asarray(first["label"]).dtype
+        # Shape and dtype of the labelled examples' labels: an unlabelled example's
+        # replacement must stack with them in one batch.
+        self._zero_label = np.zeros_like(np.asarray(first["label"]))
         if keys is not None and "label" not in keys:
             raise ValueError(f"keys={tuple(keys)} must include 'label' (it is kept, or "
-                             "replaced by 0, for every example)")
+                             "replaced by zeros, for every example)")
         self.keys = None if keys is None else tuple(keys)
 
     def __len__(self) -> int:
@@ -59,7 +63,7 @@ class PartiallyLabelled:
             example["label_weight"] = np.float32(1.0)
         else:
             example = dict(self.unlabelled[index - len(self.labelled)])
-            example["label"] = np.zeros((), self._label_dtype)
+            example["label"] = self._zero_label.copy()  # a copy: callers may write to it
             example["label_weight"] = np.float32(0.0)
         if self.keys is None:
             return example

@@ -103,20 +103,42 @@ def pad_to_length(ids: Sequence[int], length: int, *, append_eos: bool = True) -
 
 class TokenizeTranslation(grain.transforms.Map):
     """``{source_key: text, target_key: text}`` -> ``{"inputs", "targets"}``, int32
-    ``[max_length]`` each."""
+    ``[max_length]`` each, EOS-terminated and zero-padded.
+
+    A side longer than ``max_length`` (EOS included) is truncated, its EOS kept last
+    (``truncate=True``: evaluation, which must keep every example). With ``truncate=False`` it
+    is returned whole instead, ``len(ids) + 1`` tokens, for ``DropLongerThan`` to remove:
+    training on a cut sentence ended by EOS would teach the model to stop mid-sentence, so
+    Flax's WMT example drops such training pairs.
+    """
 
     def __init__(self, tokenizer: SentencePieceTokenizer, source_key: str, target_key: str,
-                 max_length: int) -> None:
+                 max_length: int, *, truncate: bool = True) -> None:
         self.tokenizer, self.source_key, self.target_key = tokenizer, source_key, target_key
-        self.max_length = max_length
+        self.max_length, self.truncate = max_length, truncate
+
+    def _ids(self, text: str | bytes) -> np.ndarray:
+        ids = self.tokenizer.encode(text)
+        if not self.truncate and len(ids) + 1 > self.max_length:
+            return np.asarray([*ids, EOS_ID], np.int32)
+        return pad_to_length(ids, self.max_length)
 
     def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {
-            "inputs": pad_to_length(self.tokenizer.encode(example[self.source_key]),
-                                    self.max_length),
-            "targets": pad_to_length(self.tokenizer.encode(example[self.target_key]),
-                                     self.max_length),
-        }
+        return {"inputs": self._ids(example[self.source_key]),
+                "targets": self._ids(example[self.target_key])}
+
+
+class DropLongerThan(grain.transforms.Filter):
+    """Keeps an example only if each of ``keys`` holds at most ``max_length`` tokens up to its
+    last non-padding one (EOS included), as Flax's WMT example's ``length_filter`` does."""
+
+    def __init__(self, max_length: int, keys: Sequence[str] = ("inputs", "targets")) -> None:
+        self.max_length, self.keys = max_length, tuple(keys)
+
+    def filter(self, example: dict[str, np.ndarray]) -> bool:
+        # Trailing zeros are padding: a zero-padded [max_length] array that fits is kept.
+        return all(len(np.trim_zeros(np.asarray(example[key]), "b")) <= self.max_length
+                   for key in self.keys)
 
 
 def bucket_by_length(examples: Iterable[dict[str, np.ndarray]], bucket_boundaries: Sequence[int],

@@ -74,6 +74,36 @@ def test_a_dataset_downloaded_by_hand_says_which_files_and_where(tmp_path):
             "--manual_dir=/some/manual_dir") in message
 
 
+@pytest.mark.parametrize("config, manual_files", [("de-en", None),
+                                                  ("cs-en", "data-plaintext-format.0.tar")])
+def test_a_builder_config_is_built_alone_with_its_own_manual_files(tmp_path, config,
+                                                                   manual_files):
+    """`tfds build wmt14_translate` would build every language pair, cs-en's CzEng (a manual
+    download) included; WMT's class-wide instructions say only "some of the configs" need one:
+    de-en needs none."""
+    name = f"wmt14_translate/{config}"
+    with pytest.raises(DatasetNotFoundError) as error:
+        get_source(name, "train", str(tmp_path))
+    message = str(error.value)
+    command = f"tfds build {name} --file_format=array_record --data_dir=/some/dir"
+    assert f"then copy /some/dir/{name} to {tmp_path}/{name} " in message
+    if manual_files is None:
+        assert command + "\n" in message and "manual_dir" not in message
+        assert "by hand" not in message
+    else:
+        assert command + " --manual_dir=/some/manual_dir\n" in message
+        assert manual_files in message and "czeng" in message
+
+
+@pytest.mark.parametrize("name", ["mnist_typo", "cifar_100"])
+def test_a_misspelt_name_whose_first_word_is_a_tfds_module_is_named(tmp_path, name):
+    """The module found by the first word (mnist.py, cifar.py) does not define the name: TFDS's
+    own DatasetNotFoundError used to escape, without the config field."""
+    with pytest.raises(ValueError, match=rf"config.dataset.name='{name}' is not in the TFDS "
+                                         "catalogue; expected a TFDS name"):
+        get_source(name, "train", str(tmp_path))
+
+
 @pytest.mark.parametrize("name, check", [
     ("cifar10", lambda e: e["image"].shape == (32, 32, 3) and 0 <= e["label"] < 10),
     ("wmt14_translate/de-en", lambda e: isinstance(e["en"], (bytes, str)) and len(e["de"]) > 0),

@@ -1,5 +1,6 @@
 """grain loaders: checkpointable training iterator, host sharding, padded evaluation."""
 
+import grain
 import numpy as np
 import pytest
 
@@ -128,6 +129,57 @@ def test_packing_keeps_every_token_with_segments_and_positions():
     restored = iter(make_train_loader(source, global_batch_size=4, seed=0, pack_length=14))
     restored.set_state(state)
     np.testing.assert_array_equal(next(restored)["targets"], following["targets"])
+
+
+class _KeepEven(grain.transforms.Filter):
+    def filter(self, example):
+        return int(example["x"]) % 2 == 0
+
+
+class _KeepNone(grain.transforms.Filter):
+    def filter(self, example):
+        return False
+
+
+def test_filtered_training_batches_are_full_resumable_and_split_over_hosts():
+    """A filter drops examples from training (seq2seq's overlong pairs): batches stay full,
+    hold only kept examples, resume exactly, and each host reads its own examples."""
+    def loader(host=0, hosts=1):
+        return make_train_loader(RangeSource(40), global_batch_size=4, seed=0,
+                                 transforms=[_KeepEven()], process_index=host,
+                                 process_count=hosts)
+
+    iterator = iter(loader())
+    first = np.concatenate([next(iterator)["x"] for _ in range(5)])  # one epoch: 20 kept
+    assert sorted(first.tolist()) == list(range(0, 40, 2))
+    state = iterator.get_state()
+    expected = [next(iterator)["x"] for _ in range(3)]
+    restored = iter(loader())
+    restored.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(restored)["x"], want)
+    # Host h keeps what the filter keeps of its own stride of the global order (within an
+    # epoch the strides are disjoint): it reads and tokenises no other host's examples.
+    from input_pipeline.loader import EpochShuffle
+
+    order = EpochShuffle(grain.MapDataset.source(RangeSource(40)), 0)
+    order = [int(order[i]["x"]) for i in range(80)]
+    for host in range(2):
+        host_iterator = iter(loader(host, 2))
+        batches = [next(host_iterator)["x"] for _ in range(5)]
+        assert all(b.shape == (2,) for b in batches)
+        expected = [x for x in order[host::2] if x % 2 == 0][:10]
+        np.testing.assert_array_equal(np.concatenate(batches), expected)
+
+
+def test_a_filter_is_refused_in_evaluation_and_one_keeping_nothing_raises():
+    with pytest.raises(ValueError, match="evaluation keeps every example.*_KeepEven"):
+        next(make_eval_batches(RangeSource(8), global_batch_size=4, transforms=[_KeepEven()]))
+    # The stream is endless: a filter that rejects everything used to loop forever.
+    iterator = iter(make_train_loader(RangeSource(8), global_batch_size=4,
+                                      transforms=[_KeepNone()]))
+    with pytest.raises(ValueError, match="skipped 100.00 %"):
+        next(iterator)
 
 
 class ImageSource:

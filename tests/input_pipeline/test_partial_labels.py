@@ -26,6 +26,22 @@ def test_unlabelled_examples_lose_their_labels_and_weight():
         source[5]
 
 
+def test_unlabelled_examples_get_zero_labels_of_the_labelled_shape_and_dtype():
+    """Multi-label or soft targets ([K] per example): the unlabelled examples' zeros must be
+    [K] too, in the labelled dtype, or the two parts cannot be stacked into one batch."""
+    def vectors(offset, dtype):
+        return [{"image": np.full((2, 2, 1), offset + i, np.float32),
+                 "label": np.eye(3, dtype=dtype)[i % 3]} for i in range(4)]
+
+    source = PartiallyLabelled(vectors(0, np.float32), vectors(100, np.int64))
+    unlabelled = source[5]["label"]
+    assert unlabelled.shape == (3,) and unlabelled.dtype == np.float32
+    assert not unlabelled.any()
+    batch = next(iter(make_train_loader(source, global_batch_size=8, seed=0)))
+    assert batch["label"].shape == (8, 3)
+    np.testing.assert_array_equal(batch["label"].sum(1), batch["label_weight"])
+
+
 def test_empty_sources_are_refused():
     with pytest.raises(ValueError, match="labelled source is empty"):
         PartiallyLabelled([], _examples([1], 0))

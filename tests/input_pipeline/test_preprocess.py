@@ -79,6 +79,38 @@ def test_cutmix_label_weight_is_the_box_area():
     np.testing.assert_allclose(targets[0, 1], pasted, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [0, 2])  # lam = 0.57 and 0.05
+def test_mixup_label_weight_is_the_partners_share_of_the_image(seed):
+    """Images of zeros and ones: example 0's mixed pixels are the partner's weight (1 - lam),
+    which its target must give the partner's label. A mixup whose targets used lam instead
+    (the image mostly one example, the target mostly the other) sums to one all the same."""
+    images = jnp.zeros((2, 10, 10, 1)).at[1].set(1.0)
+    labels = jnp.eye(2)
+    mixed, targets = mixup_cutmix(jax.random.key(seed), images, labels, mixup_alpha=0.8)
+    partner_share = float(mixed[0].mean())
+    # Away from 1/2, where lam and 1 - lam would agree and the check would prove nothing.
+    assert abs(partner_share - 0.5) > 0.05, partner_share
+    np.testing.assert_allclose(targets[0, 1], partner_share, atol=1e-6)
+    np.testing.assert_allclose(targets[1, 0], 1.0 - float(mixed[1].mean()), atol=1e-6)
+
+
+def test_mixup_and_cutmix_together_keep_bfloat16_images():
+    """With both methods on, lax.cond needs both branches in one dtype: mixup's float32 lam
+    used to promote bfloat16 images there, and tracing failed. (eval_shape traces without
+    compiling: the failure was at trace time.)"""
+    images = jnp.zeros((2, 8, 8, 1), jnp.bfloat16).at[1].set(1.0)
+    labels = jnp.eye(2)
+    mixed, targets = jax.eval_shape(lambda r: mixup_cutmix(
+        r, images, labels, mixup_alpha=0.8, cutmix_alpha=1.0), jax.random.key(0))
+    assert mixed.dtype == jnp.bfloat16 and mixed.shape == images.shape
+    # The values: mixup alone (no cond) mixes in float32 and casts back, like the branch.
+    mixed, targets = mixup_cutmix(jax.random.key(0), images, labels, mixup_alpha=0.8)
+    assert mixed.dtype == jnp.bfloat16
+    # bfloat16 holds the mixed values to about 3 significant digits.
+    np.testing.assert_allclose(targets[0, 1], float(mixed[0].astype(jnp.float32).mean()),
+                               atol=1e-2)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("resize(0)", r"op resize: height=0 must be a positive integer"),
     ("resize(32,'a')", r"op resize: width='a' must be a positive integer"),

@@ -3,6 +3,7 @@ import pytest
 
 from input_pipeline.text import (
     EOS_ID,
+    DropLongerThan,
     SentencePieceTokenizer,
     TokenizeTranslation,
     bucket_by_length,
@@ -44,6 +45,31 @@ def test_tokenize_translation(tokenizer):
     assert tokenizer.decode(out["targets"]) == "the mat"
 
 
+def test_overlong_training_pairs_are_dropped_not_cut(tokenizer):
+    """Evaluation truncates a side longer than max_length (EOS kept last); training keeps it
+    whole, and DropLongerThan removes it, as Flax's WMT example does. A pair that fits exactly
+    (max_length tokens with its EOS) is kept, padded as evaluation pads it."""
+    fits, long = "the big cat sat on the mat", "the big cat sat on the mat " * 3
+    length = len(tokenizer.encode(fits)) + 1  # EOS included
+    train = TokenizeTranslation(tokenizer, "en", "de", length, truncate=False)
+    evaluate = TokenizeTranslation(tokenizer, "en", "de", length)
+    keep = DropLongerThan(length)
+    for source, target in ((long, fits), (fits, long)):  # either side too long
+        example = train.map({"en": source, "de": target})
+        assert not keep.filter(example)
+        cut = evaluate.map({"en": source, "de": target})
+        assert cut["inputs"].shape == cut["targets"].shape == (length,)
+        assert cut["inputs"][-1] == cut["targets"][-1] == EOS_ID
+    exact = train.map({"en": fits, "de": fits})
+    assert keep.filter(exact)
+    for key in ("inputs", "targets"):
+        np.testing.assert_array_equal(exact[key], evaluate.map({"en": fits, "de": fits})[key])
+    shorter = TokenizeTranslation(tokenizer, "en", "de", length + 4, truncate=False)
+    padded = shorter.map({"en": fits, "de": "the mat"})
+    assert padded["inputs"].shape == (length + 4,) and DropLongerThan(length).filter(padded)
+    assert not DropLongerThan(length - 1).filter(padded)
+
+
 def test_length_buckets_group_similar_lengths():
     rng = np.random.default_rng(0)
     examples = []
@@ -52,12 +78,20 @@ def test_length_buckets_group_similar_lengths():
         row = np.zeros(12, np.int32)
         row[:n] = 5
         examples.append({"inputs": row})
-    batches = list(bucket_by_length(examples, [4, 8, 12], [8, 4, 2]))
+    boundaries, sizes = [4, 8, 12], [8, 4, 2]
+    batches = list(bucket_by_length(examples, boundaries, sizes))
     assert sum(len(b["inputs"]) for b in batches) == 40
+    full = {width: 0 for width in boundaries}
     for batch in batches:
         width = batch["inputs"].shape[1]
-        assert width in (4, 8, 12)
-        assert np.all(np.count_nonzero(batch["inputs"], axis=1) <= width)
+        assert width in boundaries  # trimmed to its bucket's boundary
+        # Every row belongs to this bucket: longer than the boundary below, within this one.
+        lower = ([0] + boundaries)[boundaries.index(width)]
+        lengths = np.count_nonzero(batch["inputs"], axis=1)
+        assert np.all((lengths > lower) & (lengths <= width)), (width, lengths)
+        assert len(lengths) <= sizes[boundaries.index(width)]
+        full[width] += len(lengths) == sizes[boundaries.index(width)]
+    assert all(full.values()), full  # every bucket filled a whole batch: several widths
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         list(bucket_by_length(examples, [4], [2]))
 

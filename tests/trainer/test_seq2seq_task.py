@@ -135,3 +135,45 @@ def test_bleu_over_two_processes_equals_one_process():
     two = _bleu_over_processes(2, 2)
     assert "bleu" in single
     assert two[0] == two[1] == single
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_overlong_pairs_are_dropped_from_training_and_kept_in_evaluation(monkeypatch, tmp_path,
+                                                                          pack):
+    """Training on a pair cut at max_length, EOS put where the sentence does not end, teaches
+    the model to stop mid-sentence: such pairs are dropped (packed or not), as in Flax's WMT
+    example. Evaluation still sees every pair of the split (truncated)."""
+    from configs import transformer_wmt14
+    from input_pipeline import text
+    from trainer.tasks import common
+
+    short = [f"the {w} cat sat" for w in ("big", "small", "red", "old")]
+    overlong = " ".join(["the big cat sat on the mat"] * 4)
+    pairs = [{"en": s, "de": s} for s in short * 2 + [overlong] * 4]
+    monkeypatch.setattr(common, "data_source", lambda config, split: pairs)
+    vocab = text.train_sentencepiece([p["en"] for p in pairs] * 10, 40,
+                                     str(tmp_path / "spm.model"))
+    config = transformer_wmt14.get_config()
+    config.model.name = "micro"
+    config.model.vocab_size = config.dataset.vocab_size = 64
+    config.model.max_length = config.dataset.max_length = 16
+    config.dataset.vocab_path = vocab
+    config.batch_size = config.eval_batch_size = 4
+    config.pack_examples = pack
+    task = create_task(config)
+    tokenizer = text.SentencePieceTokenizer(vocab)
+    # With EOS, each short sentence fits in 16 tokens and the long one does not.
+    assert max(len(tokenizer.encode(s)) for s in short) + 1 <= 16 < len(
+        tokenizer.encode(overlong)) + 1
+    iterator = iter(task.train_iterator(0, 1))
+    trained = []
+    for _ in range(4):  # the long pairs are a third of the data: they would show up here
+        batch = next(iterator)
+        segments = batch.get("targets_segment_ids", (batch["targets"] > 0).astype(int))
+        for row, ids in zip(segments, batch["targets"], strict=True):
+            trained += [tokenizer.decode(ids[row == s]) for s in range(1, row.max() + 1)]
+    assert len(trained) >= 16 and set(trained) == set(short)
+    evaluated = list(task.eval_batches(0, 1))
+    assert sum(int(b["mask"].sum()) for b in evaluated) == len(pairs)
+    # The long pairs are there, cut to 16 tokens with EOS last.
+    assert sum(int((b["targets"][:, -1] == text.EOS_ID).sum()) for b in evaluated) == 4

@@ -93,9 +93,14 @@ class Seq2SeqTask(Task):
                 f"{BLEU_STRATEGIES} ('sample' needs an rng that BLEU evaluation does not have)")
         self._tokenize = None
 
-    def transforms(self) -> list:
+    def transforms(self, training: bool = False) -> list:
         """None for synthetic tasks; for text datasets, sentencepiece tokenisation to
-        ``max_length`` (training the vocabulary on the train split first if it is missing)."""
+        ``max_length`` (training the vocabulary on the train split first if it is missing).
+
+        Evaluation (``training=False``) keeps every pair and truncates a side longer than
+        ``max_length`` tokens (EOS included, kept last). Training drops such pairs instead, as
+        Flax's WMT example does: a cut sentence ended by EOS teaches the model to stop early.
+        """
         dataset = self.config.dataset
         if dataset.name.startswith("synthetic/"):
             return []
@@ -114,12 +119,17 @@ class Seq2SeqTask(Task):
                         f"but config.model.{field}={size}")
             self._tokenize = input_pipeline.text.TokenizeTranslation(
                 tokenizer, dataset.source_key, dataset.target_key, self.max_length)
-        return [self._tokenize]
+        if not training:
+            return [self._tokenize]
+        return [input_pipeline.text.TokenizeTranslation(
+                    self._tokenize.tokenizer, dataset.source_key, dataset.target_key,
+                    self.max_length, truncate=False),
+                input_pipeline.text.DropLongerThan(self.max_length)]
 
     def train_iterator(self, process_index: int, process_count: int):
         pack = self.max_length if self.config.get("pack_examples", False) else None
-        return common.train_iterator(self.config, self.transforms(), process_index,
-                                     process_count, pack_length=pack)
+        return common.train_iterator(self.config, self.transforms(training=True),
+                                     process_index, process_count, pack_length=pack)
 
     def eval_batches(self, process_index: int, process_count: int):
         return common.eval_batches(self.config, self.transforms(), process_index, process_count)
