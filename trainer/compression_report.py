@@ -1,8 +1,12 @@
 """Size, speed and accuracy of teacher and student: the compression report of a distillation run.
 
-FLOPs come from XLA's cost analysis of the compiled forward pass (what the hardware is asked
-to do, not a formula); latency is the median wall time of repeated jitted calls at a fixed
-batch, measured after compilation and a warm-up call.
+FLOPs come from XLA's cost analysis of the lowered forward pass (``trainer.throughput``'s
+``lowered_flops``, the count behind MFU: what the program asks of the hardware, not a formula);
+a scanned layer stack is counted as its unrolled equivalent, since the cost analysis counts a
+loop's body once. Latency is the median wall time of repeated jitted calls at a fixed batch,
+measured after compilation and a warm-up call. Every model is measured on one device, with its
+parameters and inputs there: a student in the train state's FSDP sharding and a replicated
+teacher are then counted and timed alike.
 """
 
 from __future__ import annotations
@@ -15,20 +19,42 @@ from typing import Any
 import jax
 import numpy as np
 
-from trainer import xla_cpu
+from trainer import throughput, xla_cpu
 
 
-def compiled_flops(function, *args) -> float:
-    """FLOPs of one call of ``jax.jit(function)(*args)``, from XLA's cost analysis."""
-    compiled = jax.jit(function).lower(*args).compile()
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older JAX returns one dict per device program
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+def forward_flops(model: Any, params: Any, inputs: Any) -> float:
+    """FLOPs of one ``model.apply({"params": params}, inputs, train=False)``.
+
+    ``params`` and ``inputs`` may be arrays or ``jax.ShapeDtypeStruct``s. A model with
+    ``scan_layers`` is counted as its unscanned clone: XLA's cost analysis counts a loop's body
+    once (a 4-layer scanned stack read as 1 layer), and ``throughput.lowered_flops`` refuses
+    such a program. The clone's parameters are only shapes (``jax.eval_shape`` of its ``init``),
+    which is all a FLOP count needs. A scanned stack cannot cut its last block short, so the
+    clone computes every token too (``skip_unread_tokens=False``): the same arithmetic.
+    """
+    if getattr(model, "scan_layers", False):
+        fields = {"scan_layers": False}
+        if hasattr(model, "skip_unread_tokens"):
+            fields["skip_unread_tokens"] = False
+        model = model.clone(**fields)
+        params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)["params"], inputs)
+
+    def forward(p, x):
+        return model.apply({"params": p}, x, train=False)
+
+    return throughput.lowered_flops(jax.jit(forward), params, inputs)
 
 
-def measure_forward(model: Any, params: Any, images: np.ndarray, repeats: int = 10) -> dict:
-    """Parameters, FLOPs per example, latency (ms per batch) and throughput (examples/s)."""
+def measure_forward(model: Any, params: Any, images: Any, repeats: int = 10) -> dict:
+    """Parameters, FLOPs per example, latency (ms per batch) and throughput (examples/s).
+
+    Parameters and inputs are moved to this process's first device beforehand: an FSDP-sharded
+    student would otherwise run (and be timed) on several devices while a replicated teacher
+    runs on one, and a numpy input would be copied to the device inside every timed call.
+    """
+    device = jax.local_devices()[0]
+    params, images = jax.device_put((params, images), device)
+
     def forward(p, x):
         return model.apply({"params": p}, x, train=False)
 
@@ -43,7 +69,7 @@ def measure_forward(model: Any, params: Any, images: np.ndarray, repeats: int = 
     batch = images.shape[0]
     return {
         "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-        "flops_per_example": compiled_flops(forward, params, images) / batch,
+        "flops_per_example": forward_flops(model, params, images) / batch,
         "batch_size": batch,
         "latency_ms_per_batch": 1000.0 * latency,
         "examples_per_sec": batch / latency,

@@ -325,11 +325,11 @@ def test_no_gradient_reaches_the_teacher():
     losses = {
         "soft": lambda t: distill.soft_distillation_loss(s, t, 2.0),
         "hinton": lambda t: distill.hinton_loss(s, t, labels, temperature=2.0, alpha=0.7),
-        "hard": lambda t: distill.hard_distillation_loss(s, t, labels),
         "deit_soft": lambda t: distill.deit_distillation_token_loss(
             s, s, t, labels, distillation_type="soft", alpha=1.0),
-        "agreement": lambda t: distill.top1_agreement(s, t),
     }
+    # No hard-label loss or top1_agreement here: their teacher enters only through argmax,
+    # whose gradient is zero with or without stop_gradient, so such a case could not fail.
     for name, loss in losses.items():
         np.testing.assert_array_equal(jax.grad(loss)(t), 0.0, err_msg=name)
     h_s, h_t = random_logits(24, 2, 3, 4), random_logits(25, 2, 3, 4)

@@ -499,3 +499,74 @@ def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, 
     assert any(not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(pinned), jax.tree.leaves(newest), strict=True))
 
+
+
+@pytest.mark.parametrize("with_blocks", [False, True], ids=["logits", "feature_terms"])
+def test_a_teacher_with_dropout_teaches_without_it(with_blocks):
+    """The teacher's targets come from ``train=False``. Every other teacher here has
+    dropout_rate=0, where a teacher run in training mode gives the same targets; this one has
+    dropout, so the task's loss must equal the loss recomputed from the teacher applied with
+    ``train=False``. Both forward paths: logits alone, and with the blocks' outputs."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+    from trainer.tasks.distillation import student_only
+
+    config = distill_digits.get_config("soft")
+    for key, value in {**TEACHER, "dropout_rate": 0.5}.items():
+        config.distill.teacher_model[key] = value
+    config.distill.feature_weight = config.distill.attention_weight = float(with_blocks)
+    config.mixup.mixup_alpha = 0.0  # the step's images are the batch's
+    task = create_task(config)
+    batch = task.dummy_batch(4)
+    batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(
+        np.float32)
+    batch["label"] = np.arange(4, dtype=np.int32)
+    # Random values of the initialisers' shapes: initialising for real took seconds, and a
+    # zero-initialised teacher head gives constant logits, which dropout cannot move.
+    rng = np.random.default_rng(1)
+
+    def random_like(shapes):
+        return jax.tree.map(lambda leaf: (0.3 * rng.normal(size=leaf.shape)).astype(leaf.dtype),
+                            shapes)
+
+    params = random_like(jax.eval_shape(task.init_params, jax.random.key(0), batch))
+    teacher_params = random_like(jax.eval_shape(task.teacher.init, jax.random.key(1),
+                                                batch["image"][:1])["params"])
+
+    loss, metrics = jax.jit(task.loss)(params, batch, jax.random.key(2),
+                                       {"teacher": teacher_params})
+
+    @jax.jit  # one program: op-by-op forward passes compiled every op, for seconds
+    def forwards(params, teacher_params, images):
+        # The student has no dropout: its training-mode outputs are these.
+        return [model.apply({"params": p}, images, train=False, mutable=["intermediates"])
+                for model, p in ((task.teacher, teacher_params), (task.model, params))]
+
+    (teacher, t_state), (student, s_state) = forwards(student_only(params), teacher_params,
+                                                      batch["image"])
+    teacher, student = np.asarray(teacher, np.float64), np.asarray(student, np.float64)
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    smoothing, t, alpha = config.label_smoothing, config.distill.temperature, config.distill.alpha
+    targets = np.eye(10)[batch["label"]] * (1 - smoothing) + smoothing / 10
+    cross_entropy = -np.sum(targets * log_softmax(student), -1)
+    log_p_teacher, log_p_student = log_softmax(teacher / t), log_softmax(student / t)
+    kl = t**2 * np.sum(np.exp(log_p_teacher) * (log_p_teacher - log_p_student), -1)
+    expected = np.mean((1 - alpha) * cross_entropy + alpha * kl)  # batchmean
+    if with_blocks:
+        np.testing.assert_allclose(metrics["logit_loss"], expected, rtol=RTOL)
+        # One student block maps to the teacher's last (of 2); same widths and head counts.
+        s_block = s_state["intermediates"]["Transformer"]["encoderblock_0"]
+        t_block = t_state["intermediates"]["Transformer"]["encoderblock_1"]
+        feature = np.mean((np.asarray(s_block["hidden_state"][0], np.float64)
+                           - np.asarray(t_block["hidden_state"][0], np.float64)) ** 2)
+        attention = _attention_kl(
+            _patch_maps(t_block["MultiHeadDotProductAttention_1"]["attention_weights"][0], 0),
+            _patch_maps(s_block["MultiHeadDotProductAttention_1"]["attention_weights"][0], 0))
+        np.testing.assert_allclose(metrics["feature_loss"], feature, rtol=RTOL)
+        np.testing.assert_allclose(metrics["attention_loss"], attention, rtol=RTOL)
+        expected += feature + attention
+    np.testing.assert_allclose(loss, expected, rtol=RTOL)
