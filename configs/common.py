@@ -15,6 +15,8 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
 - ``mixed_precision``: bfloat16 computation with float32 parameters.
 - ``pack_examples``: seq2seq only; pack several examples into each training row.
 - ``stop_after_step``: end this invocation early (checkpointed), e.g. to test resumption.
+- ``aug_repeats``: DeiT's repeated augmentation, each training image this many times in a row
+  with its own augmentation (DeiT: 3); 1 (or timm's 0): off.
 - ``init_checkpoint`` / ``init_checkpoint_grid`` (ViT configs, ``with_init_checkpoint``): an
   official-layout ``.npz`` to start from, and its position grid when it is needed.
 """
@@ -35,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.eval_batch_size = 256
     config.input_workers = 0
+    config.aug_repeats = 1
     config.num_train_steps = 1000
     config.log_every_steps = 50
     config.eval_every_steps = 500

@@ -10,15 +10,19 @@ smoothing 0.1, mixup 0.8, cutmix 1.0, RandAugment (m9), random erasing 0.25, sto
 (area 8-100%, bicubic), flip and timm's RandAugment ``rand-m9-mstd0.5-inc1`` for training
 (its ops pixel for pixel, its random draws in distribution: each of 2 ops, drawn with
 replacement, applied with probability 0.5 at magnitude N(9, 0.5) clipped to [0, 10];
-increasing-severity ops, ImageNet-mean fill, bicubic); evaluation resizes the shorter side to
+increasing-severity ops, ImageNet-mean fill, bicubic); repeated augmentation as DeiT's
+``RASampler`` (``aug_repeats=3``: an epoch holds a third of the images, each three times in
+one batch, each copy augmented on its own); evaluation resizes the shorter side to
 int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the central 224.
-Differences from DeiT: no repeated augmentation yet; warmup starts from 0, not DeiT's 1e-6;
+Differences from DeiT: warmup starts from 0, not DeiT's 1e-6; the three copies of an image
+share a batch, where DeiT's sampler deals them to different GPUs (the same global batch: a
+ViT has no batch statistics); DeiT's epoch is cut to a multiple of 256 images;
 the evaluation resize rounds the longer side and the central crop rounds its offset down,
 where torchvision truncates and rounds (at most a pixel apart).
 Hardware and time: a TPU v3-32 / 8×A100 host, about 2–3 days for S (DeiT reports 3 days on
 one 8-GPU node for DeiT-B).
 Expected result (DeiT, Table 7, 300 epochs, 224 px, top-1): DeiT-Ti 72.2%, DeiT-S 79.8%,
-DeiT-B 81.8%; expect somewhat lower here without repeated augmentation.
+DeiT-B 81.8%.
 Data: TFDS ``imagenet2012`` prepared as ArrayRecord (manual download; see the README).
 """
 
@@ -62,6 +66,7 @@ def get_config(arg: str | None = "S_16"):
     config.label_smoothing = 0.1
     config.mixup.mixup_alpha = 0.8
     config.mixup.cutmix_alpha = 1.0
+    config.aug_repeats = 3
     config.optimizer.learning_rate = batch_size.to_float() * (5e-4 / 512)
     config.optimizer.weight_decay = 0.05
     config.optimizer.grad_clip_norm = 0.0

@@ -22,20 +22,29 @@ Batch = dict[str, np.ndarray]
 class EpochShuffle(grain.MapDataset):
     """The parent repeated forever, each epoch in its own random order.
 
-    Element ``i`` is element ``perm_e[i mod n]`` of the parent, ``e = i // n``, where
-    ``perm_e = numpy.random.default_rng([seed, e]).permutation(n)``: a pure function of the
-    index, so every host and a restored iterator agree on the order. Written here instead of
-    grain's ``shuffle().repeat()`` because that draws each index through ``index_shuffle``,
-    which cost 0.5 ms per example on a 2-core CPU (cProfile, grain 0.2.18): 70 ms of a 128-image
-    digits batch, more than reading and decoding it. One permutation per epoch costs O(n)
-    once (about 20 ms for ImageNet's 1.28M) and the last two are kept.
+    Element ``i`` is element ``perm_e[(i mod n) // repeats]`` of the parent, ``e = i // n``,
+    where ``perm_e = numpy.random.default_rng([seed, e]).permutation(n)``: a pure function of
+    the index, so every host and a restored iterator agree on the order.
+
+    ``repeats > 1`` is DeiT's repeated augmentation (Hoffer et al., 2020; DeiT's
+    ``RASampler``): an epoch of ``n`` examples holds the first ``ceil(n / repeats)`` images of
+    its permutation, each ``repeats`` times in a row, so in one global batch; a random
+    augmentation seeded per example index gives every copy its own crop and colour.
+
+    Written here instead of grain's ``shuffle().repeat()`` because that draws each index
+    through ``index_shuffle``, which cost 0.5 ms per example on a 2-core CPU (cProfile, grain
+    0.2.18): 70 ms of a 128-image digits batch, more than reading and decoding it. One
+    permutation per epoch costs O(n) once (about 20 ms for ImageNet's 1.28M) and the last two
+    are kept.
     """
 
-    def __init__(self, parent: grain.MapDataset, seed: int) -> None:
+    def __init__(self, parent: grain.MapDataset, seed: int, repeats: int = 1) -> None:
         super().__init__(parent)
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed={seed} must be in [0, 2**32)")
-        self._seed = int(seed)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r} must be an integer >= 1 (1: no repetition)")
+        self._seed, self._repeats = int(seed), repeats
         self._permutations: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # grain's prefetch threads read concurrently
 
@@ -55,7 +64,7 @@ class EpochShuffle(grain.MapDataset):
         return sys.maxsize
 
     def __str__(self) -> str:
-        return f"EpochShuffle(seed={self._seed})"
+        return f"EpochShuffle(seed={self._seed}, repeats={self._repeats})"
 
     def _permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
@@ -72,7 +81,7 @@ class EpochShuffle(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         epoch, position = divmod(index, len(self._parent))
-        return self._parent[int(self._permutation(epoch)[position])]
+        return self._parent[int(self._permutation(epoch)[position // self._repeats])]
 
 
 def _check_sharding(global_batch_size: int, process_index: int, process_count: int,
@@ -146,7 +155,8 @@ def _check_flags_parsed(worker_count: int) -> None:
 def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequence[Any] = (),
                       seed: int = 0, process_index: int = 0, process_count: int = 1,
                       worker_count: int = 0, pack_length: int | None = None,
-                      pack_keys: Sequence[str] = ("inputs", "targets")) -> Any:
+                      pack_keys: Sequence[str] = ("inputs", "targets"),
+                      aug_repeats: int = 1) -> Any:
     """Endless host-local batches ``{key: [global_batch_size // process_count, ...]}``.
 
     All hosts agree on one global order, reshuffled every epoch from ``seed``; global batch
@@ -157,6 +167,9 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     transforms to that many processes. Returns a grain ``IterDataset``; ``iter()`` of it is
     the checkpointable iterator. Each process reads at most ``READ_AHEAD_BATCHES`` batches
     ahead of the consumer (one with worker processes).
+
+    ``aug_repeats``: DeiT's repeated augmentation, each image that many times in a row, each
+    copy augmented on its own (``EpochShuffle``'s ``repeats``); 1 (or timm's 0): off.
 
     ``pack_length``: sequences (``pack_keys``, zero-padded) are packed into rows of that many
     tokens with grain's first-fit packing, which adds ``<key>_segment_ids`` and
@@ -174,7 +187,8 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
     if len(source) < global_batch_size:
         raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of "
                          f"{global_batch_size}: lower batch_size")
-    dataset = EpochShuffle(grain.MapDataset.source(source).seed(seed), seed)
+    dataset = EpochShuffle(grain.MapDataset.source(source).seed(seed), seed,
+                           repeats=max(aug_repeats, 1))
     if pack_length or _filters(transforms):
         # A batch holds however many examples were packed or kept: not a fixed slice of the
         # global order, so each host takes every process_count-th example.

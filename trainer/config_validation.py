@@ -40,6 +40,10 @@ def validate(config: Any) -> None:
         raise ValueError(
             f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
             f"{config.num_train_steps}] or None")
+    aug_repeats = config.get("aug_repeats", 1)
+    if not isinstance(aug_repeats, int) or isinstance(aug_repeats, bool) or aug_repeats < 0:
+        raise ValueError(f"config.aug_repeats={aug_repeats!r} must be an integer >= 0 (copies of "
+                         "each training image in a row, DeiT: 3; 0 or 1: off)")
     _validate_optimizer(config)
     _validate_mixup(config.get("mixup"))
 

@@ -61,6 +61,36 @@ def test_epoch_order_is_a_function_of_seed_and_index_only():
         shuffled(-1)
 
 
+class _AddNoise(grain.transforms.RandomMap):
+    def random_map(self, example, rng):
+        return {**example, "noise": np.float32(rng.random())}
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_repeated_augmentation_gives_each_image_three_differently_augmented_copies(hosts):
+    """DeiT's RASampler: an epoch of 12 is 4 images of the epoch's permutation, each 3 times
+    in a row (in one batch of 6 here), each copy with its own random draw; the next epoch
+    draws other images. The same on 1 host as on 2."""
+    batches = []
+    for host in range(hosts):
+        iterator = iter(make_train_loader(RangeSource(12), global_batch_size=6, seed=1,
+                                          transforms=[_AddNoise()], aug_repeats=3,
+                                          process_index=host, process_count=hosts))
+        batches.append([next(iterator) for _ in range(4)])
+    images = np.concatenate([np.concatenate([b[i]["x"] for b in batches])
+                             for i in range(4)])  # hosts' slices of each global batch
+    noise = np.concatenate([np.concatenate([b[i]["noise"] for b in batches])
+                            for i in range(4)])
+    copies = images.reshape(8, 3)
+    assert (copies == copies[:, :1]).all(), copies  # each image three times in a row
+    epochs = copies[:, 0].reshape(2, 4)
+    assert all(len(set(epoch)) == 4 for epoch in epochs)  # 4 distinct images per epoch
+    assert set(epochs[0]) != set(epochs[1])
+    assert len(set(noise.tolist())) == 24  # every copy augmented on its own
+    plain = iter(make_train_loader(RangeSource(12), global_batch_size=6, seed=1, aug_repeats=0))
+    assert sorted(np.concatenate([next(plain)["x"] for _ in range(2)])) == list(range(12))
+
+
 def test_hosts_read_disjoint_shards_covering_the_data():
     seen = []
     for host in range(3):

@@ -120,3 +120,21 @@ def test_command_line_sets_a_non_square_image_size_and_checkpoint_grid():
     assert config.model.image_size == (384, 640)
     assert config.init_checkpoint_grid == (14, 14)
     assert create_task(config).model.grid_size == (24, 40)
+
+
+def test_the_deit_config_repeats_each_training_image_three_times(digits_data_dir):
+    """``config.aug_repeats`` reaches the training loader (vit_imagenet.py sets DeiT's 3):
+    each image three times in a row, each copy flipped or not on its own."""
+    from configs import vit_imagenet
+
+    assert vit_imagenet.get_config().aug_repeats == 3
+    task = create_task(tiny_digits_config(digits_data_dir, aug_repeats=3, batch_size=30,
+                                          pp_train="flip_lr|value_range(0,1)"))
+    batch = next(iter(task.train_iterator(0, 1)))
+    labels, images = batch["label"].reshape(10, 3), batch["image"]
+    assert (labels == labels[:, :1]).all()
+    copies = images.reshape(10, 3, *images.shape[1:])
+    same = [np.array_equal(c[0], c[k]) or np.array_equal(c[0], c[k][:, ::-1])
+            for c in copies for k in (1, 2)]
+    assert all(same)  # copies of one image, up to the flip
+    assert any(not np.array_equal(c[0], c[k]) for c in copies for k in (1, 2))

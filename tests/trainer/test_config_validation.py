@@ -32,6 +32,7 @@ def test_the_demo_config_passes():
      "config.optimizer.grad_clip_norm=-1.0 must be a number >= 0 (0 or None: no clipping)"),
     ("optimizer.grad_clip_norm", float("nan"),
      "config.optimizer.grad_clip_norm=nan must be a number >= 0"),
+    ("aug_repeats", -1, "config.aug_repeats=-1 must be an integer >= 0"),
     ("optimizer.name", "lamb", "config.optimizer.name='lamb' is not supported; expected one of"),
     ("schedule.name", "poly", "config.schedule.name='poly' is not supported; expected one of"),
     ("schedule.warmup_steps", -5, "config.schedule.warmup_steps=-5 must be an integer >= 0"),

@@ -52,6 +52,7 @@ def train_iterator(config: Any, transforms: list, process_index: int,
         process_index=process_index,
         process_count=process_count,
         worker_count=config.get("input_workers", 0),
+        aug_repeats=config.get("aug_repeats", 1),
         **loader_options,
     )
 
