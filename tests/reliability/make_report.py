@@ -29,7 +29,8 @@ FAULTS = [
     ("SIGKILL at a random step", "kill -9 after a random logged step, restart the same "
      "command: bitwise parameters, identical metrics.jsonl, no step twice",
      "tests/trainer/test_sigkill.py"),
-    ("SIGTERM (preemption)", "SIGTERM mid-run: checkpoint saved, exit 0, same command resumes",
+    ("SIGTERM (preemption)", "SIGTERM mid-run: checkpoint saved, exit 0, same command resumes; "
+     "at an evaluation step the checkpoint is written before the evaluation runs",
      "tests/trainer/test_preemption.py"),
     ("Stop and resume", "stop at step k, restart: bitwise the parameters of an uninterrupted "
      "run", "tests/trainer/test_resume.py::test_stop_and_resume_equals_uninterrupted"),
