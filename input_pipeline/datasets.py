@@ -122,16 +122,27 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs: Any
     import tensorflow_datasets as tfds
 
     not_registered = tfds.core.registered.DatasetNotFoundError
+
+    def make_builder():
+        try:
+            return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        except not_registered:
+            raise
+        except (ValueError, AssertionError) as error:
+            # A known dataset with a config or version it does not have
+            # ("wmt14_translate/xx-yy", "cifar10:9.9.9"): TFDS's message lists the valid ones.
+            raise ValueError(f"config.dataset.name={name!r}: {error}") from error
+
     builder = unknown = None
     try:
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        builder = make_builder()
     except not_registered as error:
         unknown = error
     if builder is None and import_builder_module(name):
         # The module found by the name's first word may define other datasets only
         # ("mnist_typo" imports mnist.py, "cifar_100" cifar.py): still not in the catalogue.
         try:
-            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+            builder = make_builder()
         except not_registered as error:
             unknown = error
     if builder is None:

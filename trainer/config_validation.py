@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from trainer import optimizers
@@ -30,7 +31,7 @@ def validate(config: Any) -> None:
     optimizers.check_optimizer(config.optimizer)
     optimizers.check_schedule(config.schedule, config.num_train_steps)
     learning_rate = config.optimizer.get("learning_rate")
-    if not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
+    if not _is_number(learning_rate) or learning_rate <= 0:
         raise ValueError(f"config.optimizer.learning_rate={learning_rate!r} must be > 0")
     smoothing = config.get("label_smoothing", 0.0)
     if not 0.0 <= smoothing < 1.0:
@@ -49,7 +50,10 @@ def validate(config: Any) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN passes every ``x < 0`` check, and a NaN or infinite rate or
+    weight would turn the first update into NaNs without an error."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _is_positive_int(value: Any) -> bool:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -36,7 +37,8 @@ def check_schedule(schedule_config: Any, total_steps: int) -> None:
         raise ValueError(f"config.schedule.warmup_steps={warmup} must be in [0, "
                          f"num_train_steps={total_steps}) for schedule {name!r}")
     end_factor = schedule_config.get("end_learning_rate_factor", 0.0)
-    if not isinstance(end_factor, (int, float)) or isinstance(end_factor, bool) or end_factor < 0:
+    if (not isinstance(end_factor, (int, float)) or isinstance(end_factor, bool)
+            or not 0 <= end_factor < math.inf):  # NaN and inf fail here too
         raise ValueError(f"config.schedule.end_learning_rate_factor={end_factor!r} must be a "
                          "number >= 0 (the final learning rate over the peak)")
 

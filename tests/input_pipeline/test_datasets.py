@@ -1,5 +1,7 @@
 """TFDS sources: the local digits dataset, the catalogue path offline, clear errors."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,17 @@ def test_a_misspelt_name_whose_first_word_is_a_tfds_module_is_named(tmp_path, na
     own DatasetNotFoundError used to escape, without the config field."""
     with pytest.raises(ValueError, match=rf"config.dataset.name='{name}' is not in the TFDS "
                                          "catalogue; expected a TFDS name"):
+        get_source(name, "train", str(tmp_path))
+
+
+@pytest.mark.parametrize("name, listed", [
+    ("wmt14_translate/xx-yy", "BuilderConfig xx-yy not found"),
+    ("cifar10:9.9.9", "only: 3.0.2"),
+])
+def test_a_config_or_version_the_dataset_lacks_is_named(tmp_path, name, listed):
+    """TFDS's own error (a ValueError, or an AssertionError for the version) used to escape
+    without the config field; its list of valid choices is kept."""
+    with pytest.raises(ValueError, match=rf"config.dataset.name='{re.escape(name)}': .*{listed}"):
         get_source(name, "train", str(tmp_path))
 
 

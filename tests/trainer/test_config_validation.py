@@ -33,6 +33,13 @@ def test_the_demo_config_passes():
     ("optimizer.grad_clip_norm", float("nan"),
      "config.optimizer.grad_clip_norm=nan must be a number >= 0"),
     ("aug_repeats", -1, "config.aug_repeats=-1 must be an integer >= 0"),
+    # NaN passes every "x < 0" check; each of these made the first update NaN silently.
+    ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate=nan must be > 0"),
+    ("optimizer.weight_decay", float("nan"),
+     "config.optimizer.weight_decay=nan must be a number >= 0"),
+    ("mixup.mixup_alpha", float("inf"), "config.mixup.mixup_alpha=inf must be a number >= 0"),
+    ("schedule.end_learning_rate_factor", float("nan"),
+     "config.schedule.end_learning_rate_factor=nan must be a number >= 0"),
     ("optimizer.name", "lamb", "config.optimizer.name='lamb' is not supported; expected one of"),
     ("schedule.name", "poly", "config.schedule.name='poly' is not supported; expected one of"),
     ("schedule.warmup_steps", -5, "config.schedule.warmup_steps=-5 must be an integer >= 0"),
