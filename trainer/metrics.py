@@ -7,12 +7,14 @@ Only process 0 writes files; every process computes the same global metrics.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from typing import Any
 
 import jax
+from absl import logging
 
 
 class MetricWriter:
@@ -97,18 +99,40 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """The records of ``workdir/metrics.jsonl``, in order."""
+    """The records of ``workdir/metrics.jsonl``, in order.
+
+    A last line cut short (a run killed or out of disk while appending) is dropped with a
+    warning: the checkpoint it followed is intact, and a resumed run logs that step again
+    (``truncate_metrics`` rewrites the file). A damaged line elsewhere raises ``ValueError``
+    naming the file and line.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if index == len(lines) - 1:
+                logging.warning("%s:%d: dropped a record cut short (%s): %r", path, number,
+                                error, line.strip()[:80])
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({error}): "
+                             f"{line.strip()[:80]!r}; "
+                             "remove or repair that line") from error
+    return records
 
 
 def improve_best_eval(best: dict[str, float], evaluation: dict[str, float]) -> None:
     """Updates ``best`` in place with ``evaluation``: the lowest value of each metric whose
-    name ends in ``loss``, the highest of every other one."""
+    name ends in ``loss``, the highest of every other one. NaN and infinite values are
+    skipped: ``min``/``max`` keep a NaN that comes first, so it would stay "best" for good."""
     for key, value in evaluation.items():
+        if not math.isfinite(value):
+            continue
         better = min if key.endswith("loss") else max
         best[key] = better(best.get(key, value), value)
 

@@ -32,13 +32,16 @@ def initialize_distributed(
     more than one task (``_cluster_detected``). A single process is left alone, also one started
     in a SLURM allocation without ``srun`` (a ``salloc`` shell, an ``sbatch`` script).
     """
-    explicit = coordinator_address is not None or num_processes is not None
-    if explicit:
-        if None in (coordinator_address, num_processes, process_id):
+    given = (coordinator_address, num_processes, process_id)
+    if any(value is not None for value in given):  # --process_id alone included
+        if None in given:
             raise ValueError(
                 "multi-host runs need all of --coordinator_address, --num_processes and "
                 f"--process_id; got {coordinator_address!r}, {num_processes!r}, {process_id!r}"
             )
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process_id={process_id} must be in [0, --num_processes="
+                             f"{num_processes})")
         # CPU devices of different processes talk through gloo (no effect on GPUs/TPUs).
         # Nothing may touch the backend before initialize(), so this is set unconditionally.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

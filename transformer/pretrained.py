@@ -246,6 +246,11 @@ def bert_from_config(config: Mapping[str, Any], **overrides: Any) -> BertEncoder
         raise ValueError(
             f"position_embedding_type={position_kind!r} is not supported; only 'absolute'"
         )
+    if config["hidden_size"] % config["num_attention_heads"]:
+        # Else the weight table's reshape to heads fails with a bare numpy error.
+        raise ValueError(
+            f"hidden_size={config['hidden_size']} must be divisible by num_attention_heads="
+            f"{config['num_attention_heads']} (each head takes an equal share of the width)")
     fields = dict(
         vocab_size=config["vocab_size"],
         hidden_size=config["hidden_size"],
@@ -442,7 +447,10 @@ def load_tokenizer(model_dir: str):
     """The ``tokenizers.Tokenizer`` saved as ``tokenizer.json`` in ``model_dir``."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.exists(path):  # tokenizers' own error names no path and no file
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    return Tokenizer.from_file(path)
 
 
 def encode_sentences(
@@ -450,19 +458,30 @@ def encode_sentences(
 ) -> dict[str, np.ndarray]:
     """Tokenise ``sentences`` into a padded batch for ``BertEncoder``.
 
-    Sets truncation to ``max_length`` tokens (special tokens included) and padding to the
-    longest sentence on ``tokenizer``. (sentence-transformers truncates all-MiniLM-L6-v2 at 256;
-    pass ``max_length=256`` to match it on longer texts.)
+    Truncates to ``max_length`` tokens (special tokens included) and pads to the longest
+    sentence, on a copy of ``tokenizer`` (whose own settings are left as they were).
+    (sentence-transformers truncates all-MiniLM-L6-v2 at 256; pass ``max_length=256`` to
+    match it on longer texts.)
 
     Returns:
       int32 ``[batch, length]`` arrays ``input_ids``, ``attention_mask``, ``token_type_ids``.
     """
+    from tokenizers import Tokenizer
+
+    sentences = list(sentences)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        # tokenizers skips truncation below 2 ([CLS] and [SEP]) and returns every token.
+        raise ValueError(f"max_length={max_length!r} must be an integer >= 2 ([CLS] and [SEP] "
+                         "included)")
+    if not sentences:
+        raise ValueError("sentences is empty: nothing to encode")
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())
     padding = tokenizer.padding or {}
     pad_token = padding.get("pad_token", "[PAD]")
     pad_id = padding.get("pad_id", tokenizer.token_to_id(pad_token) or 0)
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
-    encodings = tokenizer.encode_batch(list(sentences))
+    encodings = tokenizer.encode_batch(sentences)
     return {
         "input_ids": np.array([e.ids for e in encodings], np.int32),
         "attention_mask": np.array([e.attention_mask for e in encodings], np.int32),

@@ -99,3 +99,16 @@ def test_a_bad_task_count_is_named(monkeypatch):
     _cluster_environment(monkeypatch, {**_SRUN_STEP, "SLURM_NTASKS": "two"})
     with pytest.raises(ValueError, match=r"SLURM_NTASKS='two' must be an integer"):
         partitioning.initialize_distributed()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    # --process_id alone used to be ignored: the process ran as process 0 of 1.
+    (dict(process_id=3), "need all of --coordinator_address, --num_processes and --process_id"),
+    (dict(coordinator_address="h:1234", num_processes=2, process_id=2),
+     r"--process_id=2 must be in \[0, --num_processes=2\)"),
+])
+def test_incomplete_or_inconsistent_process_flags_are_refused(monkeypatch, arguments, message):
+    calls = _cluster_environment(monkeypatch, {})
+    with pytest.raises(ValueError, match=message):
+        partitioning.initialize_distributed(**arguments)
+    assert calls == []

@@ -216,6 +216,29 @@ def test_unsupported_config_is_rejected():
         pretrained.bert_from_config(dict(config, hidden_act="swish"))
     with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
         pretrained.bert_from_config(dict(config, position_embedding_type="relative_key"))
+    with pytest.raises(ValueError, match="hidden_size=10 must be divisible by "
+                                         "num_attention_heads=3"):
+        pretrained.bert_from_config(dict(config, hidden_size=10, num_attention_heads=3))
+
+
+@needs_minilm
+def test_encoding_leaves_the_tokenizer_as_it_was_and_checks_its_arguments(tmp_path):
+    """encode_sentences used to rewrite the caller's truncation and padding for good, and to
+    return every token for max_length below 2 (tokenizers then skips truncation)."""
+    tokenizer = pretrained.load_tokenizer(MODEL_DIR)
+    before = (tokenizer.truncation, tokenizer.padding)
+    long = "a sentence with quite a few more words than six tokens in it"
+    batch = pretrained.encode_sentences(tokenizer, [long, "short"], max_length=6)
+    assert batch["input_ids"].shape == (2, 6)
+    assert (tokenizer.truncation, tokenizer.padding) == before
+    assert len(tokenizer.encode(long).ids) > 6
+    for bad in (1, 0):
+        with pytest.raises(ValueError, match=f"max_length={bad} must be an integer >= 2"):
+            pretrained.encode_sentences(tokenizer, [long], max_length=bad)
+    with pytest.raises(ValueError, match="sentences is empty"):
+        pretrained.encode_sentences(tokenizer, [])
+    with pytest.raises(FileNotFoundError, match="tokenizer.json' does not exist"):
+        pretrained.load_tokenizer(str(tmp_path))
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):

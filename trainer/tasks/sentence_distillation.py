@@ -37,8 +37,13 @@ def nearest_neighbour_agreement(student: np.ndarray, teacher: np.ndarray) -> flo
     """Fraction of rows whose nearest other row by cosine is the same under both embeddings.
 
     ``student`` ``[n, d_s]`` and ``teacher`` ``[n, d_t]`` are L2-normalised embeddings of the
-    same ``n`` sentences.
+    same ``n >= 2`` sentences (with one, its "nearest other row" does not exist).
     """
+    if len(student) < 2 or len(student) != len(teacher):
+        raise ValueError(f"nearest-neighbour agreement needs the same n >= 2 sentences under "
+                         f"both embeddings; got {len(student)} and {len(teacher)} rows "
+                         "(config.dataset.eval_split too small for this host's shard?)")
+
     def neighbours(embeddings: np.ndarray) -> np.ndarray:
         similarity = embeddings @ embeddings.T
         np.fill_diagonal(similarity, -np.inf)
@@ -69,6 +74,11 @@ class SentenceDistillationTask(Task):
             teacher_config, num_layers=layers, dtype=common.computation_dtype(config),
             dropout_rate=float(config.model.get("dropout_rate", 0.0)))
         self.max_length = int(config.max_length)
+        if not 2 <= self.max_length <= self.teacher.max_position_embeddings:
+            raise ValueError(
+                f"config.max_length={config.max_length!r} must be in [2, "
+                f"{self.teacher.max_position_embeddings}] ([CLS] and [SEP] included; the "
+                "teacher's max_position_embeddings)")
         self.weights = {name: float(options.get(f"{name}_weight", 0.0))
                         for name in ("embedding", "feature", "attention")}
         if not any(self.weights.values()):
