@@ -132,7 +132,12 @@ def timm_section(name: str, payload: dict) -> str:
         "After `make bench-torch`. " + _measured(payload["environment"])
         + f" PyTorch {first['torch']} "
         f"({first['torch_threads']} threads, {first['torch_device']}), timm {first['timm']}; "
-        "medians over alternating rounds; ratio > 1: ours is faster.",
+        "medians over alternating rounds; ratio > 1: ours is faster. timm's model uses the "
+        "official ViT's tanh GELU, as ours does. "
+        + ("Our last block computes only the class token its head reads (the same outputs, "
+           "fewer FLOPs); `--noskip_unread_tokens` gives ours timm's arithmetic."
+           if first.get("ours_skip_unread_tokens", True) else
+           "Ours computes every token of the last block, as timm does."),
         payload["results"], ["model", "batch_size", "precision", "ours_examples_per_sec",
                              "timm_examples_per_sec", "ratio_ours_over_timm"])
 

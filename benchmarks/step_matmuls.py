@@ -162,9 +162,9 @@ def matmuls_alone(built: dict[str, Any], precision: str, matmul_size: int = 2048
     MFU) over their summed time, against the peak of ``trainer.throughput.peak_flops`` (on a
     CPU a ``matmul_size``-square float32 matmul, measured before and after the timings and the
     best kept, as benchmarks.vit_throughput does)."""
-    peaks = [peak_flops(precision, matmul_size)]
+    peaks = [peak_flops(precision, matmul_size, devices=1)]
     alone = time_matmuls(matmuls_of(built["lowered_step_text"]), built["compiler_options"])
-    peaks.append(peak_flops(precision, matmul_size))
+    peaks.append(peak_flops(precision, matmul_size, devices=1))
     peak, peak_source = max(peaks)
     # cuDNN's fused attention is a custom call, not a dot_general: its time is not in the sum.
     return dict(alone, step_flops=built["train_flops"], peak_flops=peak,

@@ -79,13 +79,14 @@ def main(argv):
     # shared machine (on 2026-11-29 three runs in a row measured 137, 82 and 168 GFLOP/s,
     # for MFUs of 71%, 115% and 54% of steps within 8% of each other). A peak is the best
     # case, so it is measured before the first model and after each one, and the best is kept.
-    peaks = [peak_flops(FLAGS.precision, FLAGS.matmul_size)]
+    # One device's peak (devices=1): the benchmark's step runs on the first device alone.
+    peaks = [peak_flops(FLAGS.precision, FLAGS.matmul_size, devices=1)]
     rows = []
     for name in FLAGS.models:
         rows.append(benchmark_model(name, FLAGS.batch_size, FLAGS.image_size, FLAGS.precision,
                                     FLAGS.repeats, FLAGS.attention))
         print(f"{name}: {rows[-1]['train_examples_per_sec']:.2f} img/s train", flush=True)
-        peaks.append(peak_flops(FLAGS.precision, FLAGS.matmul_size))
+        peaks.append(peak_flops(FLAGS.precision, FLAGS.matmul_size, devices=1))
     peak, peak_source = max(peaks)
     peak_source += f", best of {len(peaks)} measurements: before the first model and after each"
     for row in rows:

@@ -210,19 +210,23 @@ def matmul_precision(precision: str, platform: str) -> str:
     return precision
 
 
-def peak_flops(precision: str = "float32", matmul_size: int = 1024) -> tuple[float, str]:
-    """Peak FLOP/s of all devices of this run and where the figure comes from.
+def peak_flops(precision: str = "float32", matmul_size: int = 1024,
+               devices: int | None = None) -> tuple[float, str]:
+    """Peak FLOP/s of the devices a program runs on and where the figure comes from.
 
     Accelerators: the published dense peak per device, for the precision matmuls run in
-    (``matmul_precision``), times the device count. CPU: a float32 matmul measured now;
-    simulated CPU devices share the host's cores, so it counts once per process.
+    (``matmul_precision``), times ``devices`` (default: every device of the run, as the
+    launcher's data-parallel step uses; a benchmark of a one-device step passes 1). CPU: a
+    float32 matmul measured now; simulated CPU devices share the host's cores, so it counts
+    once per process.
     """
     device = jax.local_devices()[0]
     precision = matmul_precision(precision, device.platform)
     tflops = published_peak_tflops(device.device_kind, precision)
     if tflops is not None:
-        return (tflops * 1e12 * jax.device_count(),
-                f"published {device.device_kind} {precision} peak x {jax.device_count()}")
+        count = jax.device_count() if devices is None else devices
+        return (tflops * 1e12 * count,
+                f"published {device.device_kind} {precision} peak x {count}")
     return (measured_matmul_flops(matmul_size) * jax.process_count(),
             f"measured float32 {matmul_size}x{matmul_size} matmul x {jax.process_count()} "
             "process(es)")

@@ -69,6 +69,17 @@ def test_float32_mfu_on_a_gpu_is_measured_against_the_tf32_peak():
         assert throughput.matmul_precision("float32", "gpu") == "float32"
 
 
+def test_a_one_device_step_is_measured_against_one_device_peak(monkeypatch):
+    """The benchmarks time a step on the first device alone; the launcher's step uses every
+    device. A published peak is multiplied accordingly (with 8 simulated devices here, a
+    one-device MFU against the 8-device peak read 8x too low)."""
+    kind = jax.local_devices()[0].device_kind
+    monkeypatch.setitem(throughput.PEAK_TFLOPS, (kind, "float32"), 1.0)
+    assert throughput.peak_flops("float32", devices=1) == (
+        1e12, f"published {kind} float32 peak x 1")
+    assert throughput.peak_flops("float32")[0] == 1e12 * jax.device_count()
+
+
 def _launcher_step_flops(**overrides):
     from tests.trainer.tiny import tiny_digits_config
     from trainer.optimizers import make_optimizer
