@@ -189,7 +189,8 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
                          f"{global_batch_size}: lower batch_size")
     dataset = EpochShuffle(grain.MapDataset.source(source).seed(seed), seed,
                            repeats=max(aug_repeats, 1))
-    if pack_length or _filters(transforms):
+    filters = _filters(transforms)
+    if pack_length or filters:
         # A batch holds however many examples were packed or kept: not a fixed slice of the
         # global order, so each host takes every process_count-th example.
         dataset = _apply(dataset[process_index::process_count], transforms)
@@ -201,7 +202,7 @@ def make_train_loader(source: Any, *, global_batch_size: int, transforms: Sequen
         else:
             iterable = dataset.to_iter_dataset()
         iterable = iterable.batch(local_batch, drop_remainder=True)
-        if _filters(transforms):
+        if filters:
             # The stream is endless: a filter rejecting everything would hang it silently
             # (grain only warns, once a minute, past 90% rejected).
             iterable = grain.experimental.WithOptionsIterDataset(
@@ -242,9 +243,10 @@ def make_eval_batches(source: Any, *, global_batch_size: int, transforms: Sequen
     """
     local_batch = _check_sharding(global_batch_size, process_index, process_count,
                                   "eval_batch_size")
-    if _filters(transforms):
+    filters = _filters(transforms)
+    if filters:
         raise ValueError(f"evaluation keeps every example, but transforms include filters "
-                         f"{_filters(transforms)}: pass them to the training loader only")
+                         f"{filters}: pass them to the training loader only")
     total = len(source)
     if total == 0:
         raise ValueError("the eval split is empty")

@@ -26,7 +26,7 @@ def validate(config: Any) -> None:
     seed = config.seed
     # The data loader's shuffle (input_pipeline.loader.EpochShuffle) takes seeds in
     # [0, 2**32) only; refused here, before anything is built, with the field named.
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+    if not _is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"config.seed={seed!r} must be an integer >= 0 and < 2**32")
     optimizers.check_optimizer(config.optimizer)
     optimizers.check_schedule(config.schedule, config.num_train_steps)
@@ -42,7 +42,7 @@ def validate(config: Any) -> None:
             f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
             f"{config.num_train_steps}] or None")
     aug_repeats = config.get("aug_repeats", 1)
-    if not isinstance(aug_repeats, int) or isinstance(aug_repeats, bool) or aug_repeats < 0:
+    if not _is_int(aug_repeats) or aug_repeats < 0:
         raise ValueError(f"config.aug_repeats={aug_repeats!r} must be an integer >= 0 (copies of "
                          "each training image in a row, DeiT: 3; 0 or 1: off)")
     _validate_optimizer(config)
@@ -56,8 +56,12 @@ def _is_number(value: Any) -> bool:
         and math.isfinite(value)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _is_int(value) and value >= 1
 
 
 def _validate_optimizer(config: Any) -> None:
@@ -77,8 +81,7 @@ def _validate_optimizer(config: Any) -> None:
     # optax.clip_by_global_norm(c) scales gradients by c / norm when norm > c: a negative c
     # flips every update (gradient ascent) and NaN makes them all NaN, without an error.
     grad_clip_norm = config.optimizer.get("grad_clip_norm")
-    if grad_clip_norm is not None and (not _is_number(grad_clip_norm)
-                                       or not grad_clip_norm >= 0):
+    if grad_clip_norm is not None and (not _is_number(grad_clip_norm) or grad_clip_norm < 0):
         raise ValueError(f"config.optimizer.grad_clip_norm={grad_clip_norm!r} must be a number "
                          ">= 0 (0 or None: no clipping)")
 
