@@ -15,6 +15,11 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
 - ``mixed_precision``: bfloat16 computation with float32 parameters.
 - ``pack_examples``: seq2seq only; pack several examples into each training row.
 - ``stop_after_step``: end this invocation early (checkpointed), e.g. to test resumption.
+- ``average_last_checkpoints``: at the final step, also evaluate the mean parameters of the
+  newest this many checkpoints (the final one included), logged as ``eval_averaged/*`` and
+  kept in the summary as ``final_eval_averaged``; 1: off. Vaswani et al. average 5 (base)
+  or 20 (big); ``keep_checkpoints`` must keep that many. ``python -m trainer.generate
+  --average_last=N`` decodes with such an average.
 - ``aug_repeats``: DeiT's repeated augmentation, each training image this many times in a row
   with its own augmentation (DeiT: 3); 1 (or timm's 0): off.
 - ``init_checkpoint`` / ``init_checkpoint_grid`` (ViT configs, ``with_init_checkpoint``): an
@@ -43,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
+    config.average_last_checkpoints = 1
     config.async_checkpoints = True
     config.stop_after_step = ml_collections.FieldReference(None, field_type=int)
     config.progress_bar = ml_collections.FieldReference(None, field_type=bool)

@@ -315,7 +315,7 @@ def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any
     there is no checkpoint (or none at ``step``), ``RuntimeError`` when none can be read.
     """
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+    steps = checkpoint_steps(workdir)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     if step is not None:
@@ -356,3 +356,42 @@ def restore_params(workdir: str, step: int | None = None) -> Any:
     devices; training itself restores the whole sharded state.
     """
     return restore_params_with_meta(workdir, step)[0]
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of a workdir's finished checkpoints, oldest first (empty when none)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
+def average_params(workdir: str, steps: list[int]) -> Any:
+    """The element-wise mean of the parameters of a workdir's checkpoints at ``steps``, as
+    numpy in the parameters' own dtypes.
+
+    Checkpoint averaging as in "Attention Is All You Need" (§6.1: the base model is the
+    average of the last 5 checkpoints, the big one of the last 20) and tensor2tensor's
+    ``avg_checkpoints``; written here because orbax restores checkpoints but has no average.
+    The sum is kept in float64, so the order of the checkpoints does not change the result.
+    Every checkpoint must be readable and of the same model: averaging fewer than asked, or
+    another model's parameters, would silently give another model. Raises
+    ``FileNotFoundError`` for a missing step, ``RuntimeError`` for an unreadable one and
+    ``CheckpointMismatchError`` when their parameters differ in paths, shapes or dtypes.
+    """
+    if not steps:
+        raise ValueError(f"average_params needs at least one step of workdir {workdir}")
+    total, first_fingerprint = None, None
+    for step in steps:
+        params, _, _ = restore_params_with_meta(workdir, step)
+        fingerprint = params_fingerprint(params)
+        if first_fingerprint is None:
+            first_fingerprint = fingerprint
+            total = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+            dtypes = jax.tree.map(lambda x: np.asarray(x).dtype, params)
+            continue
+        if fingerprint != first_fingerprint:
+            raise CheckpointMismatchError(
+                f"the checkpoints of workdir {workdir} at steps {steps[0]} and {step} hold "
+                f"different parameters ({describe_mismatch(fingerprint, first_fingerprint)}); "
+                "only checkpoints of one model can be averaged")
+        total = jax.tree.map(lambda t, x: t + np.asarray(x, np.float64), total, params)
+    return jax.tree.map(lambda t, dtype: (t / len(steps)).astype(dtype), total, dtypes)

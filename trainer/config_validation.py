@@ -41,6 +41,12 @@ def validate(config: Any) -> None:
         raise ValueError(
             f"config.stop_after_step={stop!r} must be in [1, num_train_steps="
             f"{config.num_train_steps}] or None")
+    average_last = config.get("average_last_checkpoints", 1)
+    if not _is_positive_int(average_last) or average_last > config.keep_checkpoints:
+        raise ValueError(
+            f"config.average_last_checkpoints={average_last!r} must be an integer in [1, "
+            f"config.keep_checkpoints={config.keep_checkpoints}] (1: no average): older "
+            "checkpoints than the kept ones are deleted before the final step")
     aug_repeats = config.get("aug_repeats", 1)
     if not _is_int(aug_repeats) or aug_repeats < 0:
         raise ValueError(f"config.aug_repeats={aug_repeats!r} must be an integer >= 0 (copies of "

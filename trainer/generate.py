@@ -1,12 +1,14 @@
 """Decode with a trained seq2seq model: one output line per input line.
 
   python -m trainer.generate --workdir=DIR [--input=FILE] [--strategy=beam --beam_size=4]
+      [--average_last=5]
 
-Loads the run's config (``DIR/config.json``), its newest checkpoint and, for text datasets, its
-sentencepiece vocabulary; reads lines from ``--input`` (default: standard input) and prints one
-decoded line per input line. Synthetic-task runs read and write space-separated token ids.
-Lines longer than the model's maximum length are truncated with a warning, empty lines give
-empty outputs, and unknown characters become the vocabulary's unknown token.
+Loads the run's config (``DIR/config.json``), its newest checkpoint (or, with
+``--average_last=N``, the mean of its newest N, as the paper's base model) and, for text
+datasets, its sentencepiece vocabulary; reads lines from ``--input`` (default: standard input)
+and prints one decoded line per input line. Synthetic-task runs read and write space-separated
+token ids. Lines longer than the model's maximum length are truncated with a warning, empty
+lines give empty outputs, and unknown characters become the vocabulary's unknown token.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from absl import app, flags, logging
 
 from input_pipeline.text import EOS_ID, PAD_ID, SentencePieceTokenizer, pad_to_length
 from trainer import host_memory
-from trainer.checkpointing import restore_params
+from trainer.checkpointing import average_params, checkpoint_steps, restore_params
 from trainer.tasks.seq2seq import build_transformer
 from transformer import decoding
 
@@ -41,6 +43,9 @@ flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 32, "Lines decoded together.", lower_bound=1)
 flags.DEFINE_integer("max_decode_length", 0, "Output length limit (0: the model's).")
+flags.DEFINE_integer("average_last", 1, "Decode with the mean parameters of the run's newest "
+                     "N checkpoints (the paper's base model: 5); 1: the newest alone.",
+                     lower_bound=1)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -104,21 +109,37 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def _check_positive(value, name: str, meaning: str) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} (--{name}) must be an integer >= 1: {meaning}")
+
+
+def _restore(workdir: str, average_last: int):
+    """The newest checkpoint's parameters, or the mean of the newest ``average_last``."""
+    if average_last == 1:
+        return restore_params(workdir)
+    steps = checkpoint_steps(workdir)
+    if len(steps) < average_last:
+        raise ValueError(
+            f"average_last={average_last} (--average_last), but {workdir} holds the "
+            f"checkpoints {steps} only (the run keeps config.keep_checkpoints of them)")
+    return average_params(workdir, steps[-average_last:])
+
+
 def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     """Yields one decoded line per input line (see the module docstring)."""
     batch_size = options.pop("batch_size", 32)
-    # Checked first, before the checkpoint is restored: 0 or less would otherwise end in a
-    # numpy broadcasting error when the first batch is padded.
-    if (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
-            or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} (--batch_size) must be an integer >= 1: "
-                         "the number of lines decoded together")
+    average_last = options.pop("average_last", 1)
+    # Checked first, before the checkpoint is restored: a batch size of 0 or less would
+    # otherwise end in a numpy broadcasting error when the first batch is padded.
+    _check_positive(batch_size, "batch_size", "the number of lines decoded together")
+    _check_positive(average_last, "average_last", "the number of newest checkpoints averaged")
     config = load_run_config(workdir)
     model = build_transformer(config.model, config.model.vocab_size, jnp.float32)
     max_length = model.max_length
     max_decode_length = options.pop("max_decode_length", 0) or max_length
     decoding.check_max_decode_length(max_decode_length, model)  # before the restore
-    params = restore_params(workdir)
+    params = _restore(workdir, average_last)
     codec = LineCodec(config, max_length, config.model.vocab_size)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(
@@ -147,7 +168,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     stream = open(FLAGS.input) if FLAGS.input else sys.stdin  # noqa: SIM115
     options = dict(strategy=FLAGS.strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                   max_decode_length=FLAGS.max_decode_length)
+                   max_decode_length=FLAGS.max_decode_length, average_last=FLAGS.average_last)
     if FLAGS.strategy == "beam":
         options.update(beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
     if FLAGS.strategy == "sample":

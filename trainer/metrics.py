@@ -16,6 +16,9 @@ from typing import Any
 import jax
 from absl import logging
 
+# The prefix of the metrics of the final checkpoints' average (``trainer.train``).
+AVERAGED_PREFIX = "eval_averaged/"
+
 
 class MetricWriter:
     """Writes scalars per step to ``workdir/metrics.jsonl`` and ``workdir/tensorboard``.
@@ -148,6 +151,18 @@ def eval_history(workdir: str, last_step: int) -> tuple[dict[str, float], dict[s
             last = evaluation
             improve_best_eval(best, evaluation)
     return last, best
+
+
+def averaged_history(workdir: str, step: int) -> dict[str, float]:
+    """The ``eval_averaged/`` metrics logged at ``step`` (``config.average_last_checkpoints``:
+    the evaluation of the final checkpoints' average), so that the summary rebuilt for a run
+    that stopped after logging them holds them too; empty when there are none."""
+    for record in read_metrics(workdir):
+        if record["step"] == step:
+            averaged = {k: v for k, v in record.items() if k.startswith(AVERAGED_PREFIX)}
+            if averaged:
+                return averaged
+    return {}
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:

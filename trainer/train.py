@@ -20,7 +20,14 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
-from trainer.metrics import MetricWriter, eval_history, improve_best_eval, truncate_metrics
+from trainer.metrics import (
+    AVERAGED_PREFIX,
+    MetricWriter,
+    averaged_history,
+    eval_history,
+    improve_best_eval,
+    truncate_metrics,
+)
 from trainer.optimizers import make_optimizer
 from trainer.steps import init_state, make_eval_step, make_train_step
 from trainer.tasks import create_task
@@ -104,6 +111,39 @@ def evaluate(task, eval_step, params, frozen, mesh, process_index, process_count
         for name, value in jax.device_get(sums).items():
             totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
     return {f"eval/{k}": float(v[0] / max(v[1], 1.0)) for k, v in totals.items()}
+
+
+def evaluate_with_generation(task, eval_step, params, frozen, mesh, process_index,
+                             process_count) -> dict:
+    """``evaluate``'s metrics and the task's generation metrics (BLEU), as ``eval/*``."""
+    metrics = evaluate(task, eval_step, params, frozen, mesh, process_index, process_count)
+    metrics.update({f"eval/{k}": v for k, v in task.generation_metrics(
+        params, frozen, mesh, process_index, process_count).items()})
+    return metrics
+
+
+def _evaluate_average(checkpointer, last, writer, task, eval_step, shardings, frozen,
+                      mesh) -> dict[str, float]:
+    """``config.average_last_checkpoints``: the evaluation, as ``eval_averaged/<metric>``, of
+    the mean parameters of the newest ``last`` checkpoints (the final one included, already
+    written), with ``eval_averaged/num_checkpoints``, how many were averaged.
+
+    Nothing is evaluated when the run kept fewer than two checkpoints: the average of one is
+    the final model, already evaluated.
+    """
+    steps = checkpointer.all_steps()[-last:]
+    if len(steps) < last:
+        writer.text(f"config.average_last_checkpoints={last}, but the workdir holds only the "
+                    f"checkpoints {steps}: averaging those")
+    if len(steps) < 2:
+        return {}
+    params = jax.device_put(checkpointing.average_params(checkpointer.workdir, steps),
+                            shardings.params)
+    averaged = evaluate_with_generation(task, eval_step, params, frozen, mesh,
+                                        jax.process_index(), jax.process_count())
+    writer.text(f"evaluated the average of the checkpoints at steps {steps}")
+    averaged = {AVERAGED_PREFIX + k.removeprefix("eval/"): v for k, v in averaged.items()}
+    return {**averaged, AVERAGED_PREFIX + "num_checkpoints": float(len(steps))}
 
 
 def _shapes(tree: Any) -> Any:
@@ -250,6 +290,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                     "nothing to train")
     # A resumed run's summary covers the evaluations before the restart too.
     last_eval, best_eval = eval_history(workdir, start_step)
+    average_last = int(config.get("average_last_checkpoints", 1))
+    averaged_eval = averaged_history(workdir, start_step)
     pending: list[dict[str, jax.Array]] = []
     pending_first_step = start_step
     run_start = time.time()
@@ -297,10 +339,13 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                             or step == last_step)
                 eval_now = step % config.eval_every_steps == 0 or is_last
                 preempted = preemption.anywhere()
-                if preempted:
-                    # Saved (and written through) before logging and evaluating: the grace
-                    # period after SIGTERM can be shorter than an evaluation (BLEU decoding
-                    # on WMT), and the checkpoint is what has to survive it.
+                average_now = is_last and average_last > 1
+                # Saved (and written through) before logging and evaluating: the grace
+                # period after SIGTERM can be shorter than an evaluation (BLEU decoding on
+                # WMT), and the checkpoint is what has to survive it. The final average
+                # reads the final checkpoint from disk.
+                saved_first = preempted or average_now
+                if saved_first:
                     save(step)
                     checkpointer.wait()
                 if log_now or eval_now:
@@ -315,18 +360,22 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                             scalars["train/mfu"] = ((step - timer_step) * step_flops / elapsed
                                                     / peak)
                     if eval_now:
-                        last_eval = evaluate(task, eval_step, state.params, frozen, mesh,
-                                             process_index, process_count)
-                        last_eval.update({f"eval/{k}": v for k, v in task.generation_metrics(
-                            state.params, frozen, mesh, process_index, process_count).items()})
+                        last_eval = evaluate_with_generation(
+                            task, eval_step, state.params, frozen, mesh, process_index,
+                            process_count)
                         scalars.update(last_eval)
                         improve_best_eval(best_eval, last_eval)
+                    if average_now:
+                        averaged_eval = _evaluate_average(
+                            checkpointer, average_last, writer, task, eval_step, shardings,
+                            frozen, mesh)
+                        scalars.update(averaged_eval)
                     writer.write(step, scalars)
                     timer_start, timer_step = time.time(), step
                 if preempted:
                     writer.text(f"preempted: saved the checkpoint at step {step}; exiting")
                     break
-                if save_now:
+                if save_now and not saved_first:
                     save(step)
                     timer_start, timer_step = time.time(), step
         finally:
@@ -352,6 +401,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "final_eval": last_eval,
         "best_eval": best_eval,
     }
+    if averaged_eval:
+        summary["final_eval_averaged"] = averaged_eval
     if report is not None:
         summary["report"] = report
     if process_index == 0:

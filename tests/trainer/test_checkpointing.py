@@ -272,3 +272,37 @@ def test_restore_params_with_meta_gives_the_step_and_meta_it_read(tmp_path):
     assert step == 2
     with pytest.raises(RuntimeError, match="checkpoints/4 of workdir"):
         restore_params_with_meta(workdir, step=4)
+
+
+def test_average_params_is_the_mean_of_the_steps_asked_in_the_parameters_dtype(tmp_path):
+    from trainer.checkpointing import average_params, checkpoint_steps
+
+    workdir = str(tmp_path / "run")
+    _write(workdir, steps=(2, 4, 9))  # kernels filled with 2, 4 and 9
+    assert checkpoint_steps(workdir) == [2, 4, 9]
+    # Mean 5 of all three (their median is 4), 6.5 of the newest two.
+    for steps, mean in (([2, 4, 9], 5.0), ([4, 9], 6.5), ([9], 9.0)):
+        averaged = average_params(workdir, steps)
+        assert averaged["dense"]["kernel"].dtype == np.float32
+        np.testing.assert_array_equal(averaged["dense"]["kernel"], np.full((3, 4), mean))
+        np.testing.assert_array_equal(averaged["dense"]["bias"], np.zeros(4))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 .*\[2, 4, 9\]"):
+        average_params(workdir, [3, 9])
+    _damage(workdir, 4)  # never skipped: the average of fewer is another model
+    with pytest.raises(RuntimeError, match="checkpoints/4 of workdir"):
+        average_params(workdir, [2, 4, 9])
+
+
+def test_average_params_refuses_checkpoints_of_different_models(tmp_path):
+    from trainer.checkpointing import average_params
+
+    workdir = str(tmp_path / "run")
+    _write(workdir, steps=(2,))
+    wider = {"dense": {"kernel": np.ones((3, 5), np.float32), "bias": np.zeros(5, np.float32)}}
+    state = {"step": np.int32(4), "params": wider, "opt_state": ADAMW.init(wider),
+             "rng": np.zeros(2, np.uint32)}
+    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer.save(4, state, _data_iter(), {"params_fingerprint": params_fingerprint(wider)})
+    checkpointer.close()
+    with pytest.raises(CheckpointMismatchError, match=r"steps 2 and 4 .*dense/kernel"):
+        average_params(workdir, [2, 4])

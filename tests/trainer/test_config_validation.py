@@ -33,6 +33,10 @@ def test_the_demo_config_passes():
     ("optimizer.grad_clip_norm", float("nan"),
      "config.optimizer.grad_clip_norm=nan must be a number >= 0"),
     ("aug_repeats", -1, "config.aug_repeats=-1 must be an integer >= 0"),
+    # Older checkpoints than keep_checkpoints are deleted before the final step's average.
+    ("average_last_checkpoints", 4,
+     "config.average_last_checkpoints=4 must be an integer in [1, config.keep_checkpoints=3]"),
+    ("average_last_checkpoints", 0, "config.average_last_checkpoints=0 must be an integer in"),
     # NaN passes every "x < 0" check; each of these made the first update NaN silently.
     ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate=nan must be > 0"),
     ("optimizer.weight_decay", float("nan"),

@@ -1,5 +1,6 @@
 """``python -m trainer.generate``: decode lines with a trained seq2seq run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +19,15 @@ from trainer.train import train_and_evaluate
 # subset; the checks of the input before any model is loaded are not.
 
 
+# A checkpoint at every step, the newest 3 kept and, at the end, evaluated averaged (the
+# paper's average of the last checkpoints): the run holds the checkpoints of steps 2, 3, 4.
+AVERAGING = dict(checkpoint_every_steps=1, keep_checkpoints=3, average_last_checkpoints=3)
+
+
 @pytest.fixture(scope="module")
 def seq2seq_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("s2s"))
-    train_and_evaluate(tiny_seq2seq_config(), workdir)
+    train_and_evaluate(tiny_seq2seq_config(**AVERAGING), workdir)
     return workdir
 
 
@@ -40,7 +46,7 @@ def test_one_output_per_line_empty_and_bad_lines_survive(seq2seq_workdir):
 def test_strategies_from_the_command_line(seq2seq_workdir, strategy):
     result = subprocess.run(
         [sys.executable, "-m", "trainer.generate", f"--workdir={seq2seq_workdir}",
-         f"--strategy={strategy}", "--beam_size=2", "--top_k=3"],
+         f"--strategy={strategy}", "--beam_size=2", "--top_k=3", "--average_last=2"],
         input="3 4 5\n\n6 7\n", capture_output=True, text=True, cwd=REPO, timeout=180,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,3 +90,89 @@ def test_a_batch_size_below_one_is_refused(tmp_path, batch_size):
         list(generate(str(tmp_path), ["3"], batch_size=batch_size))
     with pytest.raises(ValueError, match="not a positive integer"):
         FLAGS["batch_size"].parser.parse(str(batch_size))
+
+
+@pytest.mark.slow
+def test_the_run_evaluates_the_average_of_its_last_checkpoints_at_the_end(seq2seq_workdir):
+    """``config.average_last_checkpoints``: the summary and the last metrics record hold the
+    evaluation of the mean parameters of steps 2-4, computed here from the checkpoints."""
+    import jax
+
+    from trainer import partitioning
+    from trainer.checkpointing import average_params, checkpoint_steps
+    from trainer.metrics import read_metrics
+    from trainer.steps import make_eval_step
+    from trainer.tasks import create_task
+    from trainer.train import evaluate
+
+    with open(os.path.join(seq2seq_workdir, "summary.json")) as f:
+        summary = json.load(f)
+    averaged = summary["final_eval_averaged"]
+    assert checkpoint_steps(seq2seq_workdir) == [2, 3, 4]
+    assert averaged["eval_averaged/num_checkpoints"] == 3
+    assert {k: v for k, v in read_metrics(seq2seq_workdir)[-1].items()
+            if k.startswith("eval_averaged/")} == averaged
+    config = tiny_seq2seq_config(**AVERAGING)
+    task = create_task(config)
+    expected = evaluate(task, jax.jit(make_eval_step(task)),
+                        average_params(seq2seq_workdir, [2, 3, 4]), task.frozen_variables(),
+                        partitioning.make_mesh(dict(config.mesh_shape)), 0, 1)
+    assert set(averaged) == {"eval_averaged/num_checkpoints"} | {
+        "eval_averaged/" + k.removeprefix("eval/") for k in expected}
+    for key, value in expected.items():
+        assert averaged["eval_averaged/" + key.removeprefix("eval/")] == pytest.approx(value,
+                                                                                       rel=1e-5)
+    # Another model than the final one, whose evaluation is kept as it was.
+    assert averaged["eval_averaged/loss"] != pytest.approx(summary["final_eval"]["eval/loss"])
+
+
+@pytest.mark.slow
+def test_a_rebuilt_summary_keeps_the_average_evaluation(seq2seq_workdir, tmp_path):
+    """A run that died after its final checkpoint and metrics, before ``summary.json``: the
+    rerun trains nothing and rebuilds the summary, the average's evaluation included (read
+    back from ``metrics.jsonl``)."""
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(seq2seq_workdir, workdir)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    os.remove(os.path.join(workdir, "summary.json"))
+    rebuilt = train_and_evaluate(tiny_seq2seq_config(**AVERAGING), workdir)
+    assert rebuilt["examples_per_sec"] is None  # nothing trained
+    assert rebuilt["final_eval_averaged"] == summary["final_eval_averaged"]
+    assert rebuilt["final_eval"] == summary["final_eval"]
+
+
+@pytest.mark.slow
+def test_generate_averages_the_newest_checkpoints_asked(seq2seq_workdir, monkeypatch):
+    """``--average_last=3`` decodes with the mean of steps 2-4: the same lines as decoding
+    with that mean put in place of the newest checkpoint."""
+    import trainer.generate as generate_module
+    from trainer.checkpointing import average_params
+
+    asked = []
+
+    def spy(workdir, steps):
+        asked.append(list(steps))
+        return average_params(workdir, steps)
+
+    monkeypatch.setattr(generate_module, "average_params", spy)
+    lines = ["3 4 5", "6 7 8 9", "10 2"]
+    averaged = list(generate(seq2seq_workdir, lines, average_last=3))
+    assert asked == [[2, 3, 4]]
+    mean = average_params(seq2seq_workdir, [2, 3, 4])
+    monkeypatch.setattr(generate_module, "restore_params", lambda workdir: mean)
+    assert list(generate(seq2seq_workdir, lines, average_last=1)) == averaged
+    with pytest.raises(ValueError, match=r"average_last=4 \(--average_last\), but .* holds the "
+                                         r"checkpoints \[2, 3, 4\] only"):
+        list(generate(seq2seq_workdir, lines, average_last=4))
+
+
+@pytest.mark.parametrize("average_last", [0, -2])
+def test_an_average_of_fewer_than_one_checkpoint_is_refused(tmp_path, average_last):
+    with pytest.raises(ValueError, match=rf"average_last={average_last} \(--average_last\) "
+                                         "must be an integer >= 1"):
+        list(generate(str(tmp_path), ["3"], average_last=average_last))
+    with pytest.raises(ValueError, match="not a positive integer"):
+        FLAGS["average_last"].parser.parse(str(average_last))
