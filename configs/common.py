@@ -20,6 +20,10 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
   kept in the summary as ``final_eval_averaged``; 1: off. Vaswani et al. average 5 (base)
   or 20 (big); ``keep_checkpoints`` must keep that many. ``python -m trainer.generate
   --average_last=N`` decodes with such an average.
+- ``ema_decay``: keep an exponential moving average of the parameters (timm's and DeiT's
+  model EMA: ``ema = decay * ema + (1 - decay) * params`` after every update; DeiT: 0.99996),
+  checkpointed with the state and evaluated beside them at every evaluation as
+  ``eval_ema/*`` (``final_eval_ema`` in the summary); 0: off.
 - ``aug_repeats``: DeiT's repeated augmentation, each training image this many times in a row
   with its own augmentation (DeiT: 3); 1 (or timm's 0): off.
 - ``init_checkpoint`` / ``init_checkpoint_grid`` (ViT configs, ``with_init_checkpoint``): an
@@ -49,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.average_last_checkpoints = 1
+    config.ema_decay = 0.0
     config.async_checkpoints = True
     config.stop_after_step = ml_collections.FieldReference(None, field_type=int)
     config.progress_bar = ml_collections.FieldReference(None, field_type=bool)

@@ -12,8 +12,11 @@ smoothing 0.1, mixup 0.8, cutmix 1.0, RandAugment (m9), random erasing 0.25, sto
 replacement, applied with probability 0.5 at magnitude N(9, 0.5) clipped to [0, 10];
 increasing-severity ops, ImageNet-mean fill, bicubic); repeated augmentation as DeiT's
 ``RASampler`` (``aug_repeats=3``: an epoch holds a third of the images, each three times in
-one batch, each copy augmented on its own); evaluation resizes the shorter side to
-int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the central 224.
+one batch, each copy augmented on its own); a model EMA with decay 0.99996 (DeiT's default
+``--model-ema``), evaluated beside the model as ``eval_ema/*`` (DeiT's script evaluates and
+reports the model itself, ``eval/*`` here, and only saves the EMA); evaluation resizes the
+shorter side to int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the
+central 224.
 Differences from DeiT: warmup starts from 0, not DeiT's 1e-6; the three copies of an image
 share a batch, where DeiT's sampler deals them to different GPUs (the same global batch: a
 ViT has no batch statistics); DeiT's epoch is cut to a multiple of 256 images;
@@ -67,6 +70,7 @@ def get_config(arg: str | None = "S_16"):
     config.mixup.mixup_alpha = 0.8
     config.mixup.cutmix_alpha = 1.0
     config.aug_repeats = 3
+    config.ema_decay = 0.99996
     config.optimizer.learning_rate = batch_size.to_float() * (5e-4 / 512)
     config.optimizer.weight_decay = 0.05
     config.optimizer.grad_clip_norm = 0.0

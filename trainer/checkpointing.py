@@ -68,10 +68,21 @@ def tree_fingerprint(tree: Any) -> dict[str, list]:
 
 
 def _opt_state_fingerprint(state: Any) -> dict[str, list] | None:
-    """The fingerprint of ``state``'s ``opt_state`` (a TrainState or a dict); None without."""
-    opt_state = (state.get("opt_state") if isinstance(state, Mapping)
-                 else getattr(state, "opt_state", None))
-    return None if opt_state is None else tree_fingerprint(opt_state)
+    """The fingerprint of ``state``'s ``opt_state`` (a TrainState or a dict), with that of its
+    parameter average under ``ema_params/`` when it has one (``config.ema_decay``); None
+    without an optimizer state. A state without an average has the fingerprint it had
+    before averages existed, so older checkpoints still compare equal."""
+    def get(name):
+        return state.get(name) if isinstance(state, Mapping) else getattr(state, name, None)
+
+    opt_state, ema_params = get("opt_state"), get("ema_params")
+    if opt_state is None:
+        return None
+    fingerprint = tree_fingerprint(opt_state)
+    if ema_params is not None:
+        fingerprint.update({f"ema_params/{key}": value
+                            for key, value in params_fingerprint(ema_params).items()})
+    return fingerprint
 
 
 def describe_mismatch(saved: dict[str, list], expected: dict[str, list], limit: int = 8,
@@ -105,8 +116,9 @@ def _is_structure_mismatch(error: BaseException) -> bool:
 _OPTIMIZER_HINT = (
     "the config's optimizer settings changed since that checkpoint was saved (optimizer.name, "
     "or an optimizer.* setting that adds or drops a part of the optimizer state, such as "
-    "grad_clip_norm, momentum or weight_decay); resume with the optimizer settings the run "
-    "was started with, or use a new --workdir. No checkpoint was moved or changed")
+    "grad_clip_norm, momentum or weight_decay, or ema_decay turned on or off: ema_params/*); "
+    "resume with the settings the run was started with, or use a new --workdir. No "
+    "checkpoint was moved or changed")
 
 
 class Checkpointer:
@@ -291,8 +303,9 @@ def abstract_with_shardings(state: Any, shardings: Any) -> Any:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
-def _read_params_and_meta(path: str) -> tuple[Any, dict]:
-    """The parameters (as numpy) and meta of the checkpoint directory ``path``."""
+def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
+    """The parameters (as numpy; with ``ema``, their moving average) and meta of the
+    checkpoint directory ``path``."""
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
         os.path.join(path, "meta"), args=ocp.args.JsonRestore())
     state_path = os.path.join(path, "state")
@@ -303,12 +316,25 @@ def _read_params_and_meta(path: str) -> tuple[Any, dict]:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     state = checkpointer.restore(state_path,
                                  args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    return state["params"], meta
+    if not ema:
+        return state["params"], meta
+    if state.get("ema_params") is None:
+        raise MissingAverageError(
+            f"the checkpoint {path} holds no moving average of the parameters: its run had "
+            "config.ema_decay=0; read its parameters without ema=True")
+    return state["ema_params"], meta
 
 
-def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any, int, dict]:
+class MissingAverageError(ValueError):
+    """``ema=True`` asked of a checkpoint saved without a moving average of the parameters."""
+
+
+def restore_params_with_meta(workdir: str, step: int | None = None,
+                             ema: bool = False) -> tuple[Any, int, dict]:
     """``(params, step, meta)`` of a workdir's checkpoint: the newest readable one when
-    ``step`` is None, else that step. ``meta`` holds ``params_fingerprint``.
+    ``step`` is None, else that step. ``meta`` holds ``params_fingerprint``. With ``ema``
+    the parameters are their moving average (``config.ema_decay``); a checkpoint without one
+    raises ``MissingAverageError``.
 
     The workdir may be another run's (a distillation teacher), so a damaged checkpoint is
     only skipped, with a warning naming it, never moved. Raises ``FileNotFoundError`` when
@@ -324,7 +350,9 @@ def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any
                 f"no checkpoint at step {step} in {directory}; its steps are {steps}")
         path = os.path.join(directory, str(step))
         try:
-            params, meta = _read_params_and_meta(path)
+            params, meta = _read_params_and_meta(path, ema)
+        except MissingAverageError:
+            raise
         except Exception as error:  # noqa: BLE001 - named with its path
             raise RuntimeError(f"the checkpoint {path} of workdir {workdir} cannot be read: "
                                f"{type(error).__name__}: {error}") from error
@@ -333,7 +361,9 @@ def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any
     for candidate in reversed(steps):
         path = os.path.join(directory, str(candidate))
         try:
-            params, meta = _read_params_and_meta(path)
+            params, meta = _read_params_and_meta(path, ema)
+        except MissingAverageError:
+            raise
         except Exception as error:  # noqa: BLE001 - any damage is reported and skipped
             errors.append(f"{path}: {type(error).__name__}: {error}")
             logging.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
@@ -348,14 +378,14 @@ def restore_params_with_meta(workdir: str, step: int | None = None) -> tuple[Any
         f"{errors}")
 
 
-def restore_params(workdir: str, step: int | None = None) -> Any:
+def restore_params(workdir: str, step: int | None = None, ema: bool = False) -> Any:
     """The parameters of a workdir's checkpoint (the newest readable when ``step`` is None),
-    as numpy; see ``restore_params_with_meta``.
+    as numpy, or with ``ema`` their moving average; see ``restore_params_with_meta``.
 
     For notebooks, evaluation scripts, distillation teachers and tests, on any number of
     devices; training itself restores the whole sharded state.
     """
-    return restore_params_with_meta(workdir, step)[0]
+    return restore_params_with_meta(workdir, step, ema)[0]
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

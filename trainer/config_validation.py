@@ -47,6 +47,10 @@ def validate(config: Any) -> None:
             f"config.average_last_checkpoints={average_last!r} must be an integer in [1, "
             f"config.keep_checkpoints={config.keep_checkpoints}] (1: no average): older "
             "checkpoints than the kept ones are deleted before the final step")
+    ema_decay = config.get("ema_decay", 0.0)
+    if not _is_number(ema_decay) or not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay={ema_decay!r} must be a number in [0, 1) (the "
+                         "weight of the old average at each step, DeiT: 0.99996; 0: off)")
     aug_repeats = config.get("aug_repeats", 1)
     if not _is_int(aug_repeats) or aug_repeats < 0:
         raise ValueError(f"config.aug_repeats={aug_repeats!r} must be an integer >= 0 (copies of "

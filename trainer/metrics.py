@@ -16,8 +16,10 @@ from typing import Any
 import jax
 from absl import logging
 
-# The prefix of the metrics of the final checkpoints' average (``trainer.train``).
+# The prefixes of the evaluations of other parameters than the trained ones
+# (``trainer.train``): the final checkpoints' average and the parameters' moving average.
 AVERAGED_PREFIX = "eval_averaged/"
+EMA_PREFIX = "eval_ema/"
 
 
 class MetricWriter:
@@ -140,29 +142,19 @@ def improve_best_eval(best: dict[str, float], evaluation: dict[str, float]) -> N
         best[key] = better(best.get(key, value), value)
 
 
-def eval_history(workdir: str, last_step: int) -> tuple[dict[str, float], dict[str, float]]:
-    """``(last_eval, best_eval)`` of the ``eval/`` metrics logged up to ``last_step``, so a
-    resumed run's summary is that of the uninterrupted run. Both are empty for a fresh run."""
+def eval_history(workdir: str, last_step: int,
+                 prefix: str = "eval/") -> tuple[dict[str, float], dict[str, float]]:
+    """``(last_eval, best_eval)`` of the metrics named ``prefix*`` (``eval/``, or
+    ``EMA_PREFIX`` or ``AVERAGED_PREFIX``) logged up to ``last_step``, so a resumed run's
+    summary is that of the uninterrupted run. Both are empty for a fresh run."""
     last: dict[str, float] = {}
     best: dict[str, float] = {}
     for record in read_metrics(workdir):
-        evaluation = {k: v for k, v in record.items() if k.startswith("eval/")}
+        evaluation = {k: v for k, v in record.items() if k.startswith(prefix)}
         if record["step"] <= last_step and evaluation:
             last = evaluation
             improve_best_eval(best, evaluation)
     return last, best
-
-
-def averaged_history(workdir: str, step: int) -> dict[str, float]:
-    """The ``eval_averaged/`` metrics logged at ``step`` (``config.average_last_checkpoints``:
-    the evaluation of the final checkpoints' average), so that the summary rebuilt for a run
-    that stopped after logging them holds them too; empty when there are none."""
-    for record in read_metrics(workdir):
-        if record["step"] == step:
-            averaged = {k: v for k, v in record.items() if k.startswith(AVERAGED_PREFIX)}
-            if averaged:
-                return averaged
-    return {}
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:

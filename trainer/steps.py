@@ -22,16 +22,21 @@ class TrainState:
       opt_state: optax state.
       rng: raw PRNG key data ``[2]`` uint32; step ``s`` uses ``fold_in(rng, s)``, so the
         randomness of a step does not depend on how the run got there.
+      ema_params: the exponential moving average of ``params`` (``config.ema_decay``, timm's
+        and DeiT's model EMA), the same tree; None without one, so that a state without it
+        has the leaves, and checkpoints the layout, it had before the field existed.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    ema_params: Any = None
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, seed: int,
-               batch: dict[str, Any]) -> TrainState:
+               batch: dict[str, Any], ema: bool = False) -> TrainState:
+    """The state before the first step; with ``ema`` the average starts at the parameters."""
     init_rng, train_rng = jax.random.split(jax.random.key(seed))
     params = task.init_params(init_rng, batch)
     return TrainState(
@@ -39,6 +44,7 @@ def init_state(task: Task, tx: optax.GradientTransformation, seed: int,
         params=params,
         opt_state=tx.init(params),
         rng=jax.random.key_data(train_rng),
+        ema_params=params if ema else None,
     )
 
 
@@ -57,8 +63,12 @@ def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int):
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum_steps: int = 1):
+                    accum_steps: int = 1, ema_decay: float = 0.0):
     """``(state, batch, frozen) -> (state, metrics)``; metrics are float32 scalars.
+
+    A state with ``ema_params`` has them moved towards the updated parameters after every
+    update: ``ema = ema_decay * ema + (1 - ema_decay) * params`` (timm's ``ModelEmaV2``, as
+    DeiT uses it, with no warm-up of the decay).
 
     With ``accum_steps > 1`` the batch is split into micro-batches whose losses, metrics and
     gradients are averaged with the weights ``task.loss_weight`` (the number of examples or
@@ -111,7 +121,11 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
             "nonfinite_state": not_finite["num_not_finite"],
             **extra,
         }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema_params)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return train_step

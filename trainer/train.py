@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import traverse_util
@@ -22,8 +23,8 @@ from jax.experimental import multihost_utils
 from trainer import checkpointing, config_validation, partitioning, throughput, xla_cpu
 from trainer.metrics import (
     AVERAGED_PREFIX,
+    EMA_PREFIX,
     MetricWriter,
-    averaged_history,
     eval_history,
     improve_best_eval,
     truncate_metrics,
@@ -142,8 +143,14 @@ def _evaluate_average(checkpointer, last, writer, task, eval_step, shardings, fr
     averaged = evaluate_with_generation(task, eval_step, params, frozen, mesh,
                                         jax.process_index(), jax.process_count())
     writer.text(f"evaluated the average of the checkpoints at steps {steps}")
-    averaged = {AVERAGED_PREFIX + k.removeprefix("eval/"): v for k, v in averaged.items()}
-    return {**averaged, AVERAGED_PREFIX + "num_checkpoints": float(len(steps))}
+    return {**_renamed(AVERAGED_PREFIX, averaged),
+            AVERAGED_PREFIX + "num_checkpoints": float(len(steps))}
+
+
+def _renamed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """``eval/<name>`` -> ``<prefix><name>``: the evaluation of other parameters than the
+    trained ones (an average), apart from ``eval/*``, whose history the best values follow."""
+    return {prefix + key.removeprefix("eval/"): value for key, value in metrics.items()}
 
 
 def _shapes(tree: Any) -> Any:
@@ -175,9 +182,16 @@ def model_flops_per_step(config, tx, schedule, train_step, state, batch, frozen)
         # Lowering is traced once and reused by the training step's first call.
         return throughput.lowered_flops(train_step, state, batch, frozen)
     task = create_task(counting)
-    abstract = jax.eval_shape(lambda: init_state(task, tx, counting.seed, task.dummy_batch(1)))
-    return throughput.lowered_flops(jax.jit(make_train_step(task, tx, schedule, 1)),
+    ema_decay = _ema_decay(config)
+    abstract = jax.eval_shape(lambda: init_state(task, tx, counting.seed, task.dummy_batch(1),
+                                                 ema=ema_decay > 0))
+    return throughput.lowered_flops(jax.jit(make_train_step(task, tx, schedule, 1, ema_decay)),
                                     abstract, _shapes(batch), _shapes(frozen))
+
+
+def _ema_decay(config: Any) -> float:
+    """``config.ema_decay`` (0: no parameter average)."""
+    return float(config.get("ema_decay", 0.0))
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -218,7 +232,9 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     frozen = task.frozen_variables()
 
     dummy = task.dummy_batch(mesh.devices.size)
-    abstract = jax.eval_shape(lambda: init_state(task, tx, config.seed, dummy))
+    ema_decay = _ema_decay(config)
+    abstract = jax.eval_shape(lambda: init_state(task, tx, config.seed, dummy,
+                                                 ema=ema_decay > 0))
     shardings = partitioning.state_shardings(abstract, mesh, config.sharding.min_fsdp_size)
     batch_sharding = partitioning.batch_sharding(mesh)
     replicated = partitioning.replicated(mesh)
@@ -230,7 +246,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     restored = checkpointer.restore_latest(
         checkpointing.abstract_with_shardings(abstract, shardings), train_iter, fingerprint)
     if restored is None:
-        state = jax.jit(lambda: init_state(task, tx, config.seed, dummy),
+        state = jax.jit(lambda: init_state(task, tx, config.seed, dummy, ema=ema_decay > 0),
                         out_shardings=shardings)()
         # Shapes only: with FSDP over several hosts no process can read every parameter.
         pretrained = task.pretrained_params(abstract.params)
@@ -238,6 +254,11 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             params = _start_from(pretrained, state.params, shardings.params, fingerprint)
             state = state.replace(params=params, opt_state=jax.jit(
                 tx.init, out_shardings=shardings.opt_state)(params))
+            if ema_decay > 0:  # the average starts at the pretrained parameters (a copy:
+                # the step donates the state, and one buffer cannot be donated twice)
+                state = state.replace(ema_params=jax.jit(
+                    lambda p: jax.tree.map(jnp.copy, p),
+                    out_shardings=shardings.ema_params)(params))
         start_step = 0
         truncate_metrics(workdir, 0)
     else:
@@ -258,7 +279,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
     frozen = jax.device_put(frozen, replicated)
     train_step = jax.jit(
-        make_train_step(task, tx, schedule, accum_steps),
+        make_train_step(task, tx, schedule, accum_steps, ema_decay),
         in_shardings=(shardings, batch_sharding, replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=(0,),
@@ -291,7 +312,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     # A resumed run's summary covers the evaluations before the restart too.
     last_eval, best_eval = eval_history(workdir, start_step)
     average_last = int(config.get("average_last_checkpoints", 1))
-    averaged_eval = averaged_history(workdir, start_step)
+    ema_eval, _ = eval_history(workdir, start_step, EMA_PREFIX)
+    averaged_eval, _ = eval_history(workdir, start_step, AVERAGED_PREFIX)
     pending: list[dict[str, jax.Array]] = []
     pending_first_step = start_step
     run_start = time.time()
@@ -365,6 +387,11 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                             process_count)
                         scalars.update(last_eval)
                         improve_best_eval(best_eval, last_eval)
+                        if state.ema_params is not None:
+                            ema_eval = _renamed(EMA_PREFIX, evaluate_with_generation(
+                                task, eval_step, state.ema_params, frozen, mesh,
+                                process_index, process_count))
+                            scalars.update(ema_eval)
                     if average_now:
                         averaged_eval = _evaluate_average(
                             checkpointer, average_last, writer, task, eval_step, shardings,
@@ -401,6 +428,8 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "final_eval": last_eval,
         "best_eval": best_eval,
     }
+    if ema_eval:
+        summary["final_eval_ema"] = ema_eval
     if averaged_eval:
         summary["final_eval_averaged"] = averaged_eval
     if report is not None:

@@ -37,6 +37,9 @@ def test_the_demo_config_passes():
     ("average_last_checkpoints", 4,
      "config.average_last_checkpoints=4 must be an integer in [1, config.keep_checkpoints=3]"),
     ("average_last_checkpoints", 0, "config.average_last_checkpoints=0 must be an integer in"),
+    # A decay of 1 never moves the average; above 1 or below 0 it diverges.
+    ("ema_decay", 1.0, "config.ema_decay=1.0 must be a number in [0, 1)"),
+    ("ema_decay", -0.5, "config.ema_decay=-0.5 must be a number in [0, 1)"),
     # NaN passes every "x < 0" check; each of these made the first update NaN silently.
     ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate=nan must be > 0"),
     ("optimizer.weight_decay", float("nan"),
