@@ -13,9 +13,7 @@ lines give empty outputs, and unknown characters become the vocabulary's unknown
 
 from __future__ import annotations
 
-import json
 import numbers
-import os
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -26,8 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from input_pipeline.text import EOS_ID, PAD_ID, SentencePieceTokenizer, pad_to_length
-from trainer import host_memory
-from trainer.checkpointing import average_params, checkpoint_steps, restore_params
+from trainer import evaluate, host_memory
 from trainer.tasks.seq2seq import build_transformer
 from transformer import decoding
 
@@ -49,11 +46,8 @@ flags.DEFINE_integer("average_last", 1, "Decode with the mean parameters of the 
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    """A seq2seq run's config (``workdir/config.json``)."""
+    config = evaluate.load_run_config(workdir)
     if config.task != "seq2seq":
         raise ValueError(f"{workdir} holds a {config.task!r} run; generate needs a seq2seq run")
     return config
@@ -114,18 +108,6 @@ def _check_positive(value, name: str, meaning: str) -> None:
         raise ValueError(f"{name}={value!r} (--{name}) must be an integer >= 1: {meaning}")
 
 
-def _restore(workdir: str, average_last: int):
-    """The newest checkpoint's parameters, or the mean of the newest ``average_last``."""
-    if average_last == 1:
-        return restore_params(workdir)
-    steps = checkpoint_steps(workdir)
-    if len(steps) < average_last:
-        raise ValueError(
-            f"average_last={average_last} (--average_last), but {workdir} holds the "
-            f"checkpoints {steps} only (the run keeps config.keep_checkpoints of them)")
-    return average_params(workdir, steps[-average_last:])
-
-
 def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     """Yields one decoded line per input line (see the module docstring)."""
     batch_size = options.pop("batch_size", 32)
@@ -139,7 +121,7 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     max_length = model.max_length
     max_decode_length = options.pop("max_decode_length", 0) or max_length
     decoding.check_max_decode_length(max_decode_length, model)  # before the restore
-    params = _restore(workdir, average_last)
+    params, _ = evaluate.run_params(workdir, average_last=average_last)
     codec = LineCodec(config, max_length, config.model.vocab_size)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(

@@ -148,7 +148,7 @@ def test_a_rebuilt_summary_keeps_the_average_evaluation(seq2seq_workdir, tmp_pat
 def test_generate_averages_the_newest_checkpoints_asked(seq2seq_workdir, monkeypatch):
     """``--average_last=3`` decodes with the mean of steps 2-4: the same lines as decoding
     with that mean put in place of the newest checkpoint."""
-    import trainer.generate as generate_module
+    from trainer import checkpointing
     from trainer.checkpointing import average_params
 
     asked = []
@@ -157,12 +157,13 @@ def test_generate_averages_the_newest_checkpoints_asked(seq2seq_workdir, monkeyp
         asked.append(list(steps))
         return average_params(workdir, steps)
 
-    monkeypatch.setattr(generate_module, "average_params", spy)
+    monkeypatch.setattr(checkpointing, "average_params", spy)
     lines = ["3 4 5", "6 7 8 9", "10 2"]
     averaged = list(generate(seq2seq_workdir, lines, average_last=3))
     assert asked == [[2, 3, 4]]
     mean = average_params(seq2seq_workdir, [2, 3, 4])
-    monkeypatch.setattr(generate_module, "restore_params", lambda workdir: mean)
+    monkeypatch.setattr(checkpointing, "restore_params_with_meta",
+                        lambda workdir, step, ema: (mean, 4, {}))
     assert list(generate(seq2seq_workdir, lines, average_last=1)) == averaged
     with pytest.raises(ValueError, match=r"average_last=4 \(--average_last\), but .* holds the "
                                          r"checkpoints \[2, 3, 4\] only"):

@@ -1,0 +1,118 @@
+"""``python -m trainer.evaluate``: a run's checkpoint (newest, a step, the moving average, the
+mean of the last ones) or an official-layout ``.npz`` evaluated without training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.trainer.launcher import REPO
+from tests.trainer.tiny import tiny_digits_config
+from trainer import checkpointing
+from trainer.evaluate import (
+    evaluate_params,
+    init_checkpoint_params,
+    load_run_config,
+    run_params,
+)
+from trainer.tasks import create_task
+from trainer.train import train_and_evaluate
+
+# Two steps, a checkpoint at each, the moving average kept: the run holds steps 1 and 2.
+RUN = {"num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 1,
+       "keep_checkpoints": 2, "schedule.warmup_steps": 1, "ema_decay": 0.5}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, digits_data_dir):
+    workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
+    summary = train_and_evaluate(tiny_digits_config(digits_data_dir, **RUN), workdir)
+    return workdir, summary
+
+
+def _assert_metrics_equal(found, expected, prefix="eval/"):
+    assert set(found) == {k.replace(prefix, "eval/") for k in expected}
+    for key, value in expected.items():
+        assert found[key.replace(prefix, "eval/")] == pytest.approx(value, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_a_runs_checkpoints_evaluate_as_the_run_evaluated_them(digits_run):
+    """The newest checkpoint gives the run's final ``eval/*``, its moving average the run's
+    ``eval_ema/*``, through the config the run saved."""
+    workdir, summary = digits_run
+    config = load_run_config(workdir)
+    params, source = run_params(workdir)
+    assert source == f"the parameters of the checkpoint at step 2 of {workdir}"
+    _assert_metrics_equal(evaluate_params(config, params), summary["final_eval"])
+    average, source = run_params(workdir, ema=True)
+    assert source.startswith("the moving average of the parameters of the checkpoint at step 2")
+    _assert_metrics_equal(evaluate_params(config, average), summary["final_eval_ema"],
+                          prefix="eval_ema/")
+    first, source = run_params(workdir, step=1)
+    assert source == f"the parameters of the checkpoint at step 1 of {workdir}"
+    mean, source = run_params(workdir, average_last=2)
+    assert source == f"the mean of the checkpoints at steps [1, 2] of {workdir}"
+    np.testing.assert_allclose(mean["head"]["bias"],
+                               (first["head"]["bias"] + params["head"]["bias"]) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"holds the checkpoints \[1, 2\] only"):
+        run_params(workdir, average_last=3)
+    with pytest.raises(ValueError, match="cannot be combined with --ema or --step"):
+        run_params(workdir, ema=True, average_last=2)
+
+
+@pytest.mark.slow
+def test_an_official_layout_npz_is_evaluated_as_it_is(digits_run, tmp_path, digits_data_dir):
+    """``config.init_checkpoint`` evaluated: the run's parameters written as an official
+    ``.npz`` give the run's metrics; a head of other classes is refused, not replaced (a
+    replaced head would score chance without saying so); parameters of another model are
+    refused naming what differs."""
+    import vit
+
+    workdir, summary = digits_run
+    config = tiny_digits_config(digits_data_dir, **RUN)
+    task = create_task(config)
+    path = str(tmp_path / "run.npz")
+    vit.save_npz(checkpointing.restore_params(workdir), path, grid_size=task.model.grid_size)
+    config.init_checkpoint = path
+    params, source = init_checkpoint_params(config, task)
+    assert source == f"config.init_checkpoint={path}"
+    _assert_metrics_equal(evaluate_params(config, params, task), summary["final_eval"])
+    other_classes = tiny_digits_config(digits_data_dir, **RUN, **{"model.num_classes": 7})
+    other_classes.init_checkpoint = path
+    with pytest.raises(ValueError, match="head/kernel"):
+        init_checkpoint_params(other_classes, create_task(other_classes))
+    wider = tiny_digits_config(digits_data_dir, **RUN, **{"model.mlp_dim": 48})
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="MlpBlock"):
+        evaluate_params(wider, params)
+
+
+def test_nothing_to_evaluate_and_a_non_vit_init_checkpoint_are_named(digits_data_dir):
+    config = tiny_digits_config(digits_data_dir)
+    with pytest.raises(ValueError, match="nothing to evaluate: give --workdir"):
+        init_checkpoint_params(config, None)
+    config.task, config.init_checkpoint = "seq2seq", "model.npz"
+    with pytest.raises(ValueError, match="for config.task='classification' only, not 'seq2seq'"):
+        init_checkpoint_params(config, None)
+
+
+@pytest.mark.slow
+def test_the_command_line_prints_and_writes_the_metrics(digits_run, tmp_path):
+    workdir, summary = digits_run
+    out = str(tmp_path / "metrics.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", f"--workdir={workdir}", "--ema",
+         f"--out={out}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        written = json.load(f)
+    assert json.loads(result.stdout) == written
+    assert written["parameters"].startswith("the moving average of the parameters")
+    assert (written["dataset"], written["split"]) == ("digits", "test")
+    metrics = {k: v for k, v in written.items() if k.startswith("eval/")}
+    _assert_metrics_equal(metrics, summary["final_eval_ema"], prefix="eval_ema/")
