@@ -116,3 +116,22 @@ def test_the_command_line_prints_and_writes_the_metrics(digits_run, tmp_path):
     assert (written["dataset"], written["split"]) == ("digits", "test")
     metrics = {k: v for k, v in written.items() if k.startswith("eval/")}
     _assert_metrics_equal(metrics, summary["final_eval_ema"], prefix="eval_ema/")
+
+
+def test_the_finetuning_config_has_the_official_imagenet_preset():
+    """vit_jax's ``imagenet2012`` preset (``train[:99%]``, ``validation``, 20,000 steps, 500 of
+    warmup, base learning rate 0.03, 384 px): the config an official ImageNet-fine-tuned
+    checkpoint is evaluated with, and fine-tuned with."""
+    from configs import vit_finetune
+    from trainer import config_validation
+
+    config = vit_finetune.get_config("imagenet2012")
+    config_validation.validate(config)
+    assert (config.dataset.name, config.dataset.train_split, config.dataset.eval_split) == (
+        "imagenet2012", "train[:99%]", "validation")
+    assert (config.model.num_classes, config.model.image_size) == (1000, 384)
+    assert (config.num_train_steps, config.schedule.warmup_steps) == (20_000, 500)
+    assert config.optimizer.learning_rate == 0.03
+    # The CIFAR-10 preset keeps the README's 500 steps with 50 of warmup.
+    cifar = vit_finetune.get_config("cifar10")
+    assert (cifar.num_train_steps, cifar.schedule.warmup_steps) == (500, 50)
