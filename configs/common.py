@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.pack_examples = False
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9,
-        nesterov=False, weight_decay=0.0, grad_clip_norm=1.0, accum_steps=1))
+        nesterov=False, weight_decay=0.0, grad_clip_norm=1.0, accum_steps=1, layer_decay=1.0))
     config.schedule = ml_collections.ConfigDict(dict(
         name="warmup_cosine", warmup_steps=100, end_learning_rate_factor=0.0))
     config.mesh_shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

@@ -1,9 +1,12 @@
 """optax optimizers and learning-rate schedules built from a config.
 
 ``config.optimizer``: ``name`` (``adamw``/``adam``/``sgd``), ``learning_rate``, ``b1``, ``b2``,
-``eps``, ``momentum``, ``nesterov``, ``weight_decay``, ``grad_clip_norm``, ``accum_steps``.
+``eps``, ``momentum``, ``nesterov``, ``weight_decay``, ``grad_clip_norm``, ``accum_steps``,
+``layer_decay``.
 ``weight_decay`` (kernels only) is decoupled and scaled by the learning rate for ``adamw`` and
-``sgd``, and an L2 term added to the gradient for ``adam``.
+``sgd``, and an L2 term added to the gradient for ``adam``. ``layer_decay`` (a ViT's
+layer-wise learning-rate decay; 1: off) scales each encoder block's updates by
+``layer_decay ** (num_layers + 1 - layer)``.
 ``config.schedule``: ``name`` (``warmup_cosine``, ``warmup_linear``, ``warmup_rsqrt``,
 ``constant``), ``warmup_steps`` (a linear warmup from 0 for every schedule),
 ``end_learning_rate_factor``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 from flax import traverse_util
@@ -44,11 +48,16 @@ def check_schedule(schedule_config: Any, total_steps: int) -> None:
 
 
 def check_optimizer(optimizer_config: Any) -> None:
-    """Raises ``ValueError`` naming ``config.optimizer.name`` when it is not supported."""
+    """Raises ``ValueError`` naming ``config.optimizer``'s field when it is not supported."""
     name = optimizer_config.get("name")
     if name not in OPTIMIZERS:
         raise ValueError(
             f"config.optimizer.name={name!r} is not supported; expected one of {OPTIMIZERS}")
+    layer_decay = optimizer_config.get("layer_decay", 1.0)
+    if (not isinstance(layer_decay, (int, float)) or isinstance(layer_decay, bool)
+            or not 0 < layer_decay <= 1):  # NaN fails here too
+        raise ValueError(f"config.optimizer.layer_decay={layer_decay!r} must be a number in "
+                         "(0, 1] (a ViT's layer-wise learning-rate decay, e.g. 0.65; 1: off)")
 
 
 def make_schedule(schedule_config: Any, base_learning_rate: float,
@@ -107,6 +116,66 @@ def weight_decay_mask(params: Any) -> Any:
     return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
 
 
+def _vit_layer(path: tuple[str, ...], num_layers: int) -> int | None:
+    """The layer of a ViT parameter for the layer-wise decay, as timm's
+    ``param_groups_layer_decay`` numbers them: 0 for the patch embedding, class and
+    distillation tokens and position table; ``i + 1`` for ``encoderblock_i``; ``num_layers +
+    1`` for the rest (final norm, heads). None for a scanned stack (one leaf for all blocks)."""
+    for name in path:
+        if name == "encoderblock":
+            return None
+        if name.startswith("encoderblock_"):
+            return int(name.removeprefix("encoderblock_")) + 1
+        if name in ("embedding", "cls", "dist_token", "posembed_input"):
+            return 0
+    return num_layers + 1
+
+
+def layer_decay_scales(params: Any, layer_decay: float) -> Any:
+    """The tree of ``layer_decay ** (num_layers + 1 - layer)`` per leaf of a ViT's parameters
+    (an array along the stack's leading axis for scanned blocks), with the layers of
+    ``_vit_layer``: BEiT's layer-wise learning-rate decay, timm's ``--layer-decay``.
+
+    Raises ``ValueError`` naming ``config.optimizer.layer_decay`` when ``params`` hold no ViT
+    encoder blocks (``Transformer/encoderblock_<i>`` or a scanned ``encoderblock``).
+    """
+    flat = traverse_util.flatten_dict(params)
+    numbered = {int(n.removeprefix("encoderblock_")) for path in flat for n in path
+                if n.startswith("encoderblock_")}
+    stacked = [leaf.shape[0] for path, leaf in flat.items() if "encoderblock" in path]
+    if not numbered and not stacked:
+        raise ValueError(
+            f"config.optimizer.layer_decay={layer_decay} needs a ViT's encoder blocks "
+            "(parameters under Transformer/encoderblock_<i>); this model has none: set it to 1")
+    num_layers = max(numbered) + 1 if numbered else stacked[0]
+    scales = {}
+    for path, leaf in flat.items():
+        layer = _vit_layer(path, num_layers)
+        if layer is None:  # scanned: block i along the leading axis
+            per_block = layer_decay ** (num_layers - jnp.arange(num_layers, dtype=jnp.float32))
+            scales[path] = per_block.reshape((num_layers,) + (1,) * (leaf.ndim - 1))
+        else:
+            scales[path] = jnp.float32(layer_decay ** (num_layers + 1 - layer))
+    return traverse_util.unflatten_dict(scales)
+
+
+def scale_by_layer_decay(layer_decay: float) -> optax.GradientTransformation:
+    """Multiplies each update by ``layer_decay_scales``; placed after the learning rate, it
+    is a learning rate per layer, weight decay included, as timm's parameter groups are.
+    (Not in optax, which has no notion of a model's layers.) Its ``init`` checks the tree."""
+
+    def init(params):
+        layer_decay_scales(params, layer_decay)  # raises now for a model without blocks
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        scales = layer_decay_scales(updates, layer_decay)
+        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation,
                                                            optax.Schedule]:
     """The optimizer of ``config.optimizer`` with the schedule of ``config.schedule``.
@@ -139,4 +208,7 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
         # optax.adamw.
         chain.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     chain.append(optax.scale_by_learning_rate(schedule))
+    layer_decay = float(opt.get("layer_decay", 1.0))
+    if layer_decay != 1.0:
+        chain.append(scale_by_layer_decay(layer_decay))
     return optax.chain(*chain), schedule
