@@ -51,6 +51,10 @@ def validate(config: Any) -> None:
     if not _is_number(ema_decay) or not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={ema_decay!r} must be a number in [0, 1) (the "
                          "weight of the old average at each step, DeiT: 0.99996; 0: off)")
+    layer_decay = config.optimizer.get("layer_decay", 1.0)
+    if layer_decay != 1.0 and config.task not in ("classification", "distillation"):
+        raise ValueError(f"config.optimizer.layer_decay={layer_decay!r} numbers a ViT's "
+                         f"layers; config.task={config.task!r} trains no ViT (set it to 1)")
     aug_repeats = config.get("aug_repeats", 1)
     if not _is_int(aug_repeats) or aug_repeats < 0:
         raise ValueError(f"config.aug_repeats={aug_repeats!r} must be an integer >= 0 (copies of "

@@ -89,6 +89,10 @@ def test_a_model_without_encoder_blocks_and_a_bad_decay_are_refused():
     with pytest.raises(ValueError, match="config.optimizer.layer_decay=0.75 needs a ViT's "
                                          "encoder blocks"):
         tx.init({"Dense_0": {"kernel": jnp.ones((2, 2))}})
+    config.task = "seq2seq"  # encoder and decoder blocks: no ViT numbering
+    with pytest.raises(ValueError, match="config.task='seq2seq' trains no ViT"):
+        config_validation.validate(config)
+    config.task = "classification"
     for bad in (0.0, 1.5, float("nan")):
         config.optimizer.layer_decay = bad
         with pytest.raises(ValueError, match=rf"config.optimizer.layer_decay={bad!r} must be "
