@@ -1,7 +1,7 @@
 """``config.ema_decay``: the moving average of the parameters (timm's and DeiT's model EMA)
-in the train step, the checkpoints and the evaluations."""
+in the train step and the checkpoints. A run with one, resumed and evaluated, is in
+``test_evaluate.py`` (which evaluates its checkpoints)."""
 
-import json
 import os
 
 import jax
@@ -10,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 
-from tests.trainer.tiny import tiny_digits_config
 from trainer.checkpointing import (
     Checkpointer,
     CheckpointMismatchError,
@@ -18,9 +17,7 @@ from trainer.checkpointing import (
     params_fingerprint,
     restore_params,
 )
-from trainer.metrics import read_metrics
 from trainer.steps import TrainState, init_state, make_train_step
-from trainer.train import train_and_evaluate
 
 
 class _QuadraticTask:
@@ -80,48 +77,3 @@ def test_turning_the_average_on_at_a_resume_is_refused_and_moves_nothing(tmp_pat
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     with pytest.raises(MissingAverageError, match="config.ema_decay=0"):
         restore_params(workdir, ema=True)
-
-
-@pytest.mark.slow
-def test_a_run_with_an_average_checkpoints_resumes_and_evaluates_it(tmp_path, digits_data_dir):
-    """A tiny ViT run stopped at step 2 and resumed to 4: the checkpointed average is the
-    formula applied to the checkpointed parameters of steps 0 (the seed's initialisation),
-    1, 2, 3 and 4 across the restart, and ``eval_ema/*`` is the evaluation of it."""
-    from trainer import partitioning
-    from trainer.optimizers import make_optimizer
-    from trainer.steps import make_eval_step
-    from trainer.tasks import create_task
-    from trainer.train import evaluate
-
-    decay = 0.5
-    overrides = dict(num_train_steps=4, checkpoint_every_steps=1, keep_checkpoints=4,
-                     eval_every_steps=2, ema_decay=decay)
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_digits_config(digits_data_dir, stop_after_step=2, **overrides),
-                       workdir)
-    config = tiny_digits_config(digits_data_dir, **overrides)
-    summary = train_and_evaluate(config, workdir)
-    task = create_task(config)
-    tx, _ = make_optimizer(config, 4)
-    initial = jax.jit(lambda: init_state(task, tx, config.seed, task.dummy_batch(8)))().params
-    expected = jax.tree.map(lambda x: np.asarray(x, np.float64), initial)
-    for step in (1, 2, 3, 4):
-        params = restore_params(workdir, step)
-        expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, expected, params)
-    average = restore_params(workdir, 4, ema=True)
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7),
-                 average, expected)
-    # Logged at both evaluations, kept in the summary, and equal to evaluating the average.
-    records = [r for r in read_metrics(workdir) if "eval_ema/loss" in r]
-    assert [r["step"] for r in records] == [2, 4]
-    assert summary["final_eval_ema"] == {k: v for k, v in records[-1].items()
-                                         if k.startswith("eval_ema/")}
-    evaluated = evaluate(task, jax.jit(make_eval_step(task)), average, task.frozen_variables(),
-                         partitioning.make_mesh(dict(config.mesh_shape)), 0, 1)
-    for key, value in evaluated.items():
-        assert summary["final_eval_ema"]["eval_ema/" + key.removeprefix("eval/")] == (
-            pytest.approx(value, rel=1e-5))
-    assert summary["final_eval_ema"]["eval_ema/loss"] != pytest.approx(
-        summary["final_eval"]["eval/loss"])
-    with open(os.path.join(workdir, "summary.json")) as f:
-        assert json.load(f)["final_eval_ema"] == summary["final_eval_ema"]

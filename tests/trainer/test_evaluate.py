@@ -21,14 +21,17 @@ from trainer.evaluate import (
 from trainer.tasks import create_task
 from trainer.train import train_and_evaluate
 
-# Two steps, a checkpoint at each, the moving average kept: the run holds steps 1 and 2.
-RUN = {"num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 1,
-       "keep_checkpoints": 2, "schedule.warmup_steps": 1, "ema_decay": 0.5}
+# Four steps, a checkpoint at each, evaluations at 2 and 4, the moving average kept (decay
+# 0.5); stopped at step 2 and resumed: the run holds steps 1 to 4.
+DECAY = 0.5
+RUN = {"num_train_steps": 4, "eval_every_steps": 2, "checkpoint_every_steps": 1,
+       "keep_checkpoints": 4, "schedule.warmup_steps": 1, "ema_decay": DECAY}
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, digits_data_dir):
     workdir = str(tmp_path_factory.mktemp("evaluate") / "run")
+    train_and_evaluate(tiny_digits_config(digits_data_dir, stop_after_step=2, **RUN), workdir)
     summary = train_and_evaluate(tiny_digits_config(digits_data_dir, **RUN), workdir)
     return workdir, summary
 
@@ -46,20 +49,20 @@ def test_a_runs_checkpoints_evaluate_as_the_run_evaluated_them(digits_run):
     workdir, summary = digits_run
     config = load_run_config(workdir)
     params, source = run_params(workdir)
-    assert source == f"the parameters of the checkpoint at step 2 of {workdir}"
+    assert source == f"the parameters of the checkpoint at step 4 of {workdir}"
     _assert_metrics_equal(evaluate_params(config, params), summary["final_eval"])
     average, source = run_params(workdir, ema=True)
-    assert source.startswith("the moving average of the parameters of the checkpoint at step 2")
+    assert source.startswith("the moving average of the parameters of the checkpoint at step 4")
     _assert_metrics_equal(evaluate_params(config, average), summary["final_eval_ema"],
                           prefix="eval_ema/")
-    first, source = run_params(workdir, step=1)
-    assert source == f"the parameters of the checkpoint at step 1 of {workdir}"
+    third, source = run_params(workdir, step=3)
+    assert source == f"the parameters of the checkpoint at step 3 of {workdir}"
     mean, source = run_params(workdir, average_last=2)
-    assert source == f"the mean of the checkpoints at steps [1, 2] of {workdir}"
+    assert source == f"the mean of the checkpoints at steps [3, 4] of {workdir}"
     np.testing.assert_allclose(mean["head"]["bias"],
-                               (first["head"]["bias"] + params["head"]["bias"]) / 2, rtol=1e-6)
-    with pytest.raises(ValueError, match=r"holds the checkpoints \[1, 2\] only"):
-        run_params(workdir, average_last=3)
+                               (third["head"]["bias"] + params["head"]["bias"]) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"holds the checkpoints \[1, 2, 3, 4\] only"):
+        run_params(workdir, average_last=5)
     with pytest.raises(ValueError, match="cannot be combined with --ema or --step"):
         run_params(workdir, ema=True, average_last=2)
 
@@ -135,3 +138,37 @@ def test_the_finetuning_config_has_the_official_imagenet_preset():
     # The CIFAR-10 preset keeps the README's 500 steps with 50 of warmup.
     cifar = vit_finetune.get_config("cifar10")
     assert (cifar.num_train_steps, cifar.schedule.warmup_steps) == (500, 50)
+
+
+@pytest.mark.slow
+def test_the_moving_average_is_checkpointed_across_a_resume_and_evaluated(digits_run,
+                                                                         digits_data_dir):
+    """``config.ema_decay``: the checkpointed average is the formula applied to the
+    checkpointed parameters of steps 0 (the seed's initialisation), 1, 2, 3 and 4, across
+    the restart at step 2, and ``eval_ema/*`` is logged at both evaluations."""
+    import jax
+
+    from trainer.metrics import read_metrics
+    from trainer.optimizers import make_optimizer
+    from trainer.steps import init_state
+
+    workdir, summary = digits_run
+    config = tiny_digits_config(digits_data_dir, **RUN)
+    task = create_task(config)
+    tx, _ = make_optimizer(config, config.num_train_steps)
+    initial = jax.jit(lambda: init_state(task, tx, config.seed, task.dummy_batch(8)))().params
+    expected = jax.tree.map(lambda x: np.asarray(x, np.float64), initial)
+    for step in (1, 2, 3, 4):
+        params = checkpointing.restore_params(workdir, step)
+        expected = jax.tree.map(lambda e, p: DECAY * e + (1 - DECAY) * p, expected, params)
+    average = checkpointing.restore_params(workdir, 4, ema=True)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7),
+                 average, expected)
+    records = [r for r in read_metrics(workdir) if "eval_ema/loss" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    assert summary["final_eval_ema"] == {k: v for k, v in records[-1].items()
+                                         if k.startswith("eval_ema/")}
+    assert summary["final_eval_ema"]["eval_ema/loss"] != pytest.approx(
+        summary["final_eval"]["eval/loss"])
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["final_eval_ema"] == summary["final_eval_ema"]
