@@ -115,6 +115,19 @@ def test_eval_batches_cover_every_example_once(hosts):
     assert sorted(covered) == list(range(23))
 
 
+def test_uneven_eval_shards_run_as_many_batches_as_the_largest():
+    """25 examples on 3 hosts are shards of 9, 8 and 8: with 4 per host, the host of 9 needs
+    a third batch, and the others run a third, fully masked one with it (sizing the passes
+    by the smaller shards would drop its ninth example)."""
+    covered = []
+    for host in range(3):
+        batches = list(make_eval_batches(RangeSource(25), global_batch_size=12,
+                                         process_index=host, process_count=3))
+        assert len(batches) == 3
+        covered.extend(x for batch in batches for x in batch["x"][batch["mask"] > 0].tolist())
+    assert sorted(covered) == list(range(25))
+
+
 def test_batch_size_must_split_over_hosts():
     with pytest.raises(ValueError, match="batch_size=10 must be a positive multiple"):
         make_train_loader(RangeSource(30), global_batch_size=10, process_count=4)
@@ -130,6 +143,22 @@ def test_global_batches_do_not_depend_on_the_number_of_hosts():
     for _ in range(12):  # across epoch boundaries
         together = np.concatenate([next(h)["x"] for h in hosts])
         np.testing.assert_array_equal(together, next(single)["x"])
+
+
+def test_random_augmentations_do_not_depend_on_the_number_of_hosts():
+    """An example's random draw is seeded by its index in the global order alone: the
+    global batches of 2 hosts hold the very draws of 1 host's (one process with 8 devices
+    trains exactly like 2 processes with 4)."""
+    single = iter(make_train_loader(RangeSource(16), global_batch_size=8, seed=5,
+                                    transforms=[_AddNoise()]))
+    hosts = [iter(make_train_loader(RangeSource(16), global_batch_size=8, seed=5,
+                                    transforms=[_AddNoise()], process_index=h,
+                                    process_count=2)) for h in range(2)]
+    for _ in range(3):
+        together = [next(h) for h in hosts]
+        want = next(single)
+        np.testing.assert_array_equal(np.concatenate([b["noise"] for b in together]),
+                                      want["noise"])
 
 
 def test_packing_keeps_every_token_with_segments_and_positions():

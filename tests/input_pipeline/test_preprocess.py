@@ -50,6 +50,45 @@ def test_central_crop_takes_the_middle_and_labels_pass_through():
     assert out["label"] == 1
 
 
+def test_central_crop_offsets_round_down_as_big_vision():
+    """An odd margin (11 rows, 21 columns) cannot be split evenly: big_vision's central_crop
+    puts the extra pixel below and right (offsets 5 and 10, rounded down); rounding half up,
+    as torchvision's CenterCrop can, would start one row lower."""
+    image = np.random.default_rng(1).integers(0, 256, (21, 31, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_run("central_crop(10)", image=image)["image"],
+                                  image[5:15, 10:20])
+
+
+def test_flip_lr_mirrors_the_columns_of_half_the_images():
+    """Each output is the image or its left-right mirror (columns reversed, rows kept), the
+    mirror for about half of the seeds: a flip of the rows, or a flip probability other than
+    1/2, fails."""
+    flipped = 0
+    for seed in range(64):
+        out = _run("flip_lr", seed=seed)["image"]
+        if np.array_equal(out, IMAGE[:, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(out, IMAGE)
+    assert 20 <= flipped <= 44, flipped  # Binomial(64, 1/2): 32 ± 3 standard deviations
+
+
+def test_random_crop_offsets_reach_both_edges():
+    """random_crop(8) of a 12x12 image whose pixels hold their row and column: every offset
+    0..4 is drawn, in rows and in columns, so crops flush with the bottom and right edges
+    exist, as with torchvision's RandomCrop (randint's high end included)."""
+    rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    image = np.stack([rows, cols, rows], -1).astype(np.uint8)
+    tops, lefts = set(), set()
+    for seed in range(60):
+        out = _run("random_crop(8)", image=image, seed=seed)["image"]
+        top, left = int(out[0, 0, 0]), int(out[0, 0, 1])
+        np.testing.assert_array_equal(out, image[top:top + 8, left:left + 8])
+        tops.add(top)
+        lefts.add(left)
+    assert tops == lefts == {0, 1, 2, 3, 4}
+
+
 def test_unknown_op_lists_known_ones():
     with pytest.raises(ValueError, match="unknown preprocessing op 'blur'.*known ops"):
         parse_preprocess("resize(8)|blur(3)")
@@ -61,14 +100,29 @@ def test_unknown_op_lists_known_ones():
 
 @pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixup_cutmix_targets_sum_to_one(mixup, cutmix):
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(6, 8, 8, 3)), jnp.float32)
-    labels = jax.nn.one_hot(jnp.arange(6) % 3, 3)
-    mixed, targets = jax.jit(lambda r: mixup_cutmix(
-        r, images, labels, mixup_alpha=mixup, cutmix_alpha=cutmix))(jax.random.key(2))
-    assert mixed.shape == images.shape
-    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
-    assert not np.allclose(mixed, images)
+    """Four examples, image i constant at 10**i with label i. Targets sum to one, and a
+    mixed image's mean is sum_k target[k] * 10**k only if the targets mix the labels of the
+    very images mixed (timm's partner, the batch reversed; with two examples, as below,
+    every pairing is the reversal). With both methods, switch_prob=1 always cuts (each pixel
+    one of the two images') and switch_prob=0 always mixes (each pixel the same blend)."""
+    values = 10.0 ** np.arange(4)
+    images = jnp.asarray(np.broadcast_to(values[:, None, None, None], (4, 6, 6, 1)),
+                         jnp.float32)
+    mix = jax.jit(lambda r, p: mixup_cutmix(r, images, jnp.eye(4), mixup_alpha=mixup,
+                                            cutmix_alpha=cutmix, switch_prob=p))
+    for switch_prob in ((1.0, 0.0) if mixup and cutmix else (0.5,)):
+        for seed in range(3):
+            mixed, targets = (np.asarray(x) for x in mix(jax.random.key(seed), switch_prob))
+            assert mixed.shape == images.shape and not np.allclose(mixed, images)
+            np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+            np.testing.assert_allclose(mixed.mean(axis=(1, 2, 3)), targets @ values, rtol=1e-5)
+            partner = targets[np.arange(4), 3 - np.arange(4)]
+            assert np.all(partner > 0.01), partner  # else the pairing check is vacuous
+            for i, image in enumerate(mixed):
+                if switch_prob == 1.0:
+                    assert set(np.unique(image)) <= {values[i], values[3 - i]}
+                elif switch_prob == 0.0:
+                    assert np.unique(image).size == 1
 
 
 def test_cutmix_label_weight_is_the_box_area():
@@ -109,6 +163,23 @@ def test_mixup_and_cutmix_together_keep_bfloat16_images():
     # bfloat16 holds the mixed values to about 3 significant digits.
     np.testing.assert_allclose(targets[0, 1], float(mixed[0].astype(jnp.float32).mean()),
                                atol=1e-2)
+
+
+def test_cutmix_box_sides_are_at_most_the_cut_and_empty_when_lam_is_1():
+    """timm's rand_bbox: sides sqrt(1 - lam) of the image's, clipped at its edges, so lam=1
+    pastes nothing and lam=0.75 pastes at most 4x4 of 8x8 (exactly 4x4 away from the
+    edges)."""
+    from input_pipeline.mixup import _cutmix_box
+
+    sides = set()
+    for seed in range(8):
+        assert not np.asarray(_cutmix_box(jax.random.key(seed), 8, 8, 1.0)).any()
+        box = np.asarray(_cutmix_box(jax.random.key(seed), 8, 8, 0.75))
+        rows, cols = np.nonzero(box)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert box.sum() == height * width  # a rectangle
+        sides |= {int(height), int(width)}
+    assert max(sides) == 4, sides
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -230,6 +301,24 @@ def test_resize_small_defaults_to_area_as_big_vision():
     out = _run("resize_small(10)")["image"]  # 20x30 -> 10x15: means of 2x2 blocks, truncated
     blocks = IMAGE.astype(np.float64).reshape(10, 2, 15, 2, 3).mean(axis=(1, 3))
     np.testing.assert_array_equal(out, np.floor(blocks))
+
+
+def test_resize_small_is_an_area_resize_keeping_the_aspect_ratio():
+    """resize_small(8) of 20x30 is a 2.5x area resize to 8x12 (each output pixel the mean of
+    the 2.5x2.5 box it covers, as the repeated-pixel reference of the area test), where
+    bilinear sampling would differ (at exactly 2x, as in the test above, the two agree). The
+    longer side is rounded: 31 * 7/20 = 10.85 gives 11 rows or columns, not 10."""
+    floats = IMAGE.astype(np.float32)
+    repeated = np.repeat(np.repeat(floats.astype(np.float64), 8, 0), 12, 1)
+    want = repeated.reshape(8, 20, 12, 30, 3).mean(axis=(1, 3))
+    got = _run("resize_small(8)", image=floats)["image"]
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    bilinear = _run("resize_small(8,'bilinear')", image=floats)["image"]
+    assert np.abs(bilinear - want).max() > 1
+    assert _run("resize_small(7)", image=np.zeros((20, 31, 3), np.uint8))["image"].shape == (
+        7, 11, 3)
+    assert _run("resize_small(7)", image=np.zeros((31, 20, 3), np.uint8))["image"].shape == (
+        11, 7, 3)
 
 
 def test_antialias_is_pils_filter():
@@ -392,3 +481,20 @@ def test_random_erasing_fills_one_box_with_noise_in_a_quarter_of_the_images():
     assert 0.12 < np.mean(areas) < 0.22  # uniform in [0.02, 1/3]: mean 0.18
     with pytest.raises(ValueError, match="random_erasing expects float images after normalize"):
         _run("random_erasing(1.0)")
+
+
+def test_random_erasing_boxes_are_strictly_inside_and_reach_the_edges():
+    """On a 4x6 image timm's box must be strictly smaller than the image in both sides (a box
+    of the full height is redrawn), and its offsets include both ends (``randint(0, H - h)``),
+    so some boxes touch the bottom and the right edge."""
+    image = np.full((4, 6, 1), 7.0, np.float32)
+    bottom = right = 0
+    for seed in range(200):
+        changed = _run("random_erasing(1.0)", image=image, seed=seed)["image"][..., 0] != 7.0
+        if not changed.any():
+            continue  # 10 attempts without a fit: nothing erased
+        rows, cols = np.nonzero(changed)
+        assert rows.max() - rows.min() + 1 < 4 and cols.max() - cols.min() + 1 < 6
+        bottom += rows.max() == 3
+        right += cols.max() == 5
+    assert bottom > 0 and right > 0

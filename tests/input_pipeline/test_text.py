@@ -70,6 +70,32 @@ def test_overlong_training_pairs_are_dropped_not_cut(tokenizer):
     assert not DropLongerThan(length - 1).filter(padded)
 
 
+class _FixedTokenizer:
+    """``encode`` returns the text's characters as ids 3, 4, ...: lengths by hand."""
+
+    def encode(self, text):
+        return [3 + i for i in range(len(text))]
+
+
+def test_a_side_of_max_length_tokens_has_no_room_for_eos_and_is_dropped():
+    """max_length=4: three tokens and EOS fit and are kept, padded; four tokens need five
+    with EOS, so training returns all five for DropLongerThan to remove (cut to four with EOS
+    last, they would teach the model to stop mid-sentence)."""
+    train = TokenizeTranslation(_FixedTokenizer(), "en", "de", 4, truncate=False)
+    fits = train.map({"en": "abc", "de": "ab"})
+    np.testing.assert_array_equal(fits["inputs"], [3, 4, 5, EOS_ID])
+    np.testing.assert_array_equal(fits["targets"], [3, 4, EOS_ID, 0])
+    assert DropLongerThan(4).filter(fits)
+    long = train.map({"en": "abcd", "de": "ab"})
+    np.testing.assert_array_equal(long["inputs"], [3, 4, 5, 6, EOS_ID])
+    assert not DropLongerThan(4).filter(long)
+
+
+def test_pad_to_length_without_eos_keeps_length_tokens():
+    np.testing.assert_array_equal(pad_to_length([5, 6, 7], 3, append_eos=False), [5, 6, 7])
+    np.testing.assert_array_equal(pad_to_length([5], 3, append_eos=False), [5, 0, 0])
+
+
 def test_length_buckets_group_similar_lengths():
     rng = np.random.default_rng(0)
     examples = []

@@ -14,7 +14,7 @@ import pytest
 
 from tests.trainer.tiny import tiny_digits_config, tiny_seq2seq_config
 from trainer.optimizers import make_optimizer
-from trainer.steps import TrainState, init_state, make_train_step
+from trainer.steps import TrainState, _split_micro_batches, init_state, make_train_step
 from trainer.tasks import create_task
 from trainer.tasks.base import Task
 
@@ -113,3 +113,60 @@ def test_micro_batches_are_weighted_by_loss_weight():
     assert float(optax.tree.norm(full)) > 1e-2
     assert _relative_difference(accum, full) < 1e-5
     np.testing.assert_allclose(accum_metrics["loss"], full_metrics["loss"], rtol=1e-6)
+
+
+def _regression_state(tx):
+    params = {"w": jnp.ones((3,), jnp.float32)}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(0)))
+
+
+def test_micro_batch_i_takes_rows_i_plus_multiples_of_accum_steps():
+    """Rows i, i + accum_steps, ...: with the batch split over devices in contiguous blocks,
+    each device's rows stay on it (contiguous micro-batches would move rows between devices;
+    the accumulated update would be the same, so the update tests cannot tell)."""
+    split = _split_micro_batches({"x": np.arange(8), "y": np.arange(16).reshape(8, 2)}, 4)
+    np.testing.assert_array_equal(split["x"], [[0, 4], [1, 5], [2, 6], [3, 7]])
+    np.testing.assert_array_equal(split["y"][1], [[2, 3], [10, 11]])
+
+
+class _SignedDraw(_MaskedRegression):
+    """Also reports ``sign · uniform(rng)``, ``sign`` the micro-batch's first ``sign`` entry."""
+
+    def loss(self, params, batch, rng, frozen):
+        loss, _ = super().loss(params, batch, rng, frozen)
+        return loss, {"draw": batch["sign"][0] * jax.random.uniform(rng)}
+
+
+def test_each_micro_batch_draws_its_own_randomness():
+    """Micro-batches 0 and 2 report +uniform(rng), 1 and 3 -uniform(rng): with one key shared
+    by all four (the same dropout masks and mixup ratios in every micro-batch) the averaged
+    draw would be exactly 0."""
+    batch = {"x": np.ones((8, 3), np.float32), "y": np.zeros((8, 3), np.float32),
+             "mask": np.ones((8, 3), np.float32),
+             "sign": np.tile(np.array([1, -1], np.float32), 4)}  # row i: micro-batch i % 4
+    tx = optax.sgd(1.0)
+    step = jax.jit(make_train_step(_SignedDraw(), tx, optax.constant_schedule(1.0), ACCUM_STEPS))
+    _, metrics = step(_regression_state(tx), batch, {})
+    assert abs(float(metrics["draw"])) > 1e-3, metrics["draw"]
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_applies():
+    """A warmup 0, 0.25, 0.5, ...: step 0 logs 0 and leaves the parameters, step 1 logs 0.25
+    and moves them by -0.25 · gradient (the schedule at the step's own index, not the next)."""
+    schedule = optax.linear_schedule(0.0, 1.0, 4)
+    tx = optax.sgd(schedule)
+    task = _MaskedRegression()
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(4, 3)).astype(np.float32),
+             "y": rng.normal(size=(4, 3)).astype(np.float32), "mask": np.ones((4, 3), np.float32)}
+    step = jax.jit(make_train_step(task, tx, schedule))
+    state = _regression_state(tx)
+    grads = jax.grad(lambda p: task.loss(p, batch, None, {})[0])(state.params)
+    first, metrics = step(state, batch, {})
+    assert float(metrics["learning_rate"]) == 0.0
+    np.testing.assert_array_equal(first.params["w"], state.params["w"])
+    second, metrics = step(first, batch, {})
+    assert float(metrics["learning_rate"]) == 0.25
+    np.testing.assert_allclose(second.params["w"] - first.params["w"], -0.25 * grads["w"],
+                               rtol=1e-5)

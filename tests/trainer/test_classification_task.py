@@ -138,3 +138,38 @@ def test_the_deit_config_repeats_each_training_image_three_times(digits_data_dir
             for c in copies for k in (1, 2)]
     assert all(same)  # copies of one image, up to the flip
     assert any(not np.array_equal(c[0], c[k]) for c in copies for k in (1, 2))
+
+
+def test_evaluation_loss_is_unsmoothed_and_top5_includes_the_fifth_logit():
+    """Evaluation sums on hand-made logits (the model replaced, so no compilation): the loss
+    is the plain cross-entropy -log softmax(logits)[label] even when training smooths the
+    labels, and top-5 counts a label ranked fifth (rank 4) but not one ranked sixth."""
+    task = _task()
+    task.config.label_smoothing = 0.1
+    logits = np.tile(np.arange(10, 0, -1, dtype=np.float32), (4, 1))  # class c has rank c
+    labels = np.array([4, 5, 0, 4], np.int32)
+    mask = np.array([1, 1, 1, 0], np.float32)  # the last example is padding
+    task.logits = lambda params, images, rng, train: params
+    sums = task.eval_sums(logits, {"image": np.zeros((4, 8, 8, 1), np.float32),
+                                   "label": labels, "mask": mask}, {})
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want_loss = -np.sum(log_softmax[np.arange(4), labels] * mask)
+    np.testing.assert_allclose(sums["loss"], [want_loss, 3], rtol=1e-5)
+    np.testing.assert_allclose(sums["top5_accuracy"], [2, 3])  # ranks 4 and 0, not 5
+    np.testing.assert_allclose(sums["accuracy"], [1, 3])
+
+
+def test_training_loss_is_cross_entropy_against_optax_smoothed_labels():
+    """label_smoothing=0.1 over 10 classes: targets 0.9 · one-hot + 0.01 everywhere (optax's
+    smooth_labels, timm's LabelSmoothingCrossEntropy), the loss the mean of -sum targets ·
+    log softmax over the batch. The model is replaced by the logits themselves."""
+    task = _task()
+    task.config.label_smoothing = 0.1
+    logits = np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32)
+    labels = np.array([2, 7, 7], np.int32)
+    task.logits = lambda params, images, rng, train: params
+    loss, _ = task.loss(logits, {"image": np.zeros((3, 8, 8, 1), np.float32), "label": labels},
+                        jax.random.key(0), {})
+    targets = 0.9 * np.eye(10)[labels] + 0.01
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(loss, -np.mean(np.sum(targets * log_softmax, -1)), rtol=1e-5)

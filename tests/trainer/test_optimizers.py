@@ -149,3 +149,37 @@ def test_unknown_optimizer_and_bad_warmup():
         make_optimizer(config, 10)
     with pytest.raises(ValueError, match="warmup_steps"):
         _schedule("warmup_cosine", warmup=200, total=100)
+
+
+def _updates_over_three_steps(config, reference):
+    """Updates of ``make_optimizer(config)`` and of ``reference`` for the same 3 gradients."""
+    tx, _ = make_optimizer(config, total_steps=10)
+    params = {"kernel": jnp.ones((2,))}
+    state, want_state = tx.init(params), reference.init(params)
+    for gradient in ([1.0, -2.0], [0.5, 0.1], [-1.0, 3.0]):
+        grads = {"kernel": jnp.array(gradient)}
+        got, state = tx.update(grads, state, params)
+        want, want_state = reference.update(grads, want_state, params)
+        np.testing.assert_allclose(got["kernel"], want["kernel"], rtol=1e-6)
+
+
+def test_unset_optimizer_fields_default_as_optax_and_torch():
+    """Without b1/b2/eps, adamw is optax.adam's (0.9, 0.999, 1e-8); sgd's momentum is 0.9
+    and nesterov is honoured (compared with optax's own sgd over three steps, where the
+    momentum and its Nesterov correction show)."""
+    config = base_config()
+    config.schedule.update(dict(name="constant", warmup_steps=0))
+    config.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=0.1))
+    _updates_over_three_steps(config, optax.adam(0.1))
+    config.optimizer = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1))
+    _updates_over_three_steps(config, optax.sgd(0.1, momentum=0.9))
+    config.optimizer.nesterov = True
+    _updates_over_three_steps(config, optax.sgd(0.1, momentum=0.9, nesterov=True))
+
+
+def test_warmup_cosine_ends_at_the_end_factor():
+    """Cosine from the peak to end_learning_rate_factor · peak (DeiT's min_lr), halfway
+    between them halfway through the decay."""
+    lr = _schedule("warmup_cosine", end=0.1)
+    assert float(lr(100)) == pytest.approx(0.1, abs=1e-6)
+    assert float(lr(55)) == pytest.approx(0.55, abs=1e-6)

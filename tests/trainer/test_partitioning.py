@@ -22,6 +22,32 @@ def test_host_batches_become_32_bit_global_arrays_and_strings_are_named():
                                    "file_name": np.array([b"a.jpeg"] * rows)}, mesh)
 
 
+def test_fsdp_splits_the_largest_divisible_dimension_of_large_leaves():
+    """The FSDP rule on shapes alone: leaves under min_fsdp_size elements stay replicated (at
+    it they are split), the largest dimension divisible by the fsdp size is split, ties go to
+    the last, and a leaf with no divisible dimension is replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    spec = partitioning._leaf_spec
+    assert spec((4, 4), 4, min_fsdp_size=17) == P()
+    assert spec((4, 4), 4, min_fsdp_size=16) == P(None, "fsdp")
+    assert spec((8, 12, 6), 2, min_fsdp_size=1) == P(None, "fsdp", None)
+    assert spec((12, 8, 9), 4, min_fsdp_size=1) == P("fsdp", None, None)
+    assert spec((3, 5), 2, min_fsdp_size=1) == P()
+    assert spec((8, 8), 1, min_fsdp_size=1) == P()
+
+
+def test_batches_are_split_over_both_mesh_axes():
+    """With fsdp=2 every device holds its own rows: the batch dimension is split over
+    data and fsdp together, not replicated along fsdp."""
+    mesh = partitioning.make_mesh({"data": -1, "fsdp": 2})
+    placed = partitioning.global_batch({"x": np.arange(jax.device_count(), dtype=np.int32)},
+                                       mesh)
+    assert sorted(int(shard.data[0]) for shard in placed["x"].addressable_shards) == list(
+        range(jax.device_count()))
+    assert all(shard.data.shape == (1,) for shard in placed["x"].addressable_shards)
+
+
 def test_pretrained_entries_replace_the_initialisation_and_the_rest_is_kept():
     """A distillation student loaded from an ``.npz`` lacks its feature projection, which
     keeps its initialisation (before: a pytree-structure error in ``device_put``); entries

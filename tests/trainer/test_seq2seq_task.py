@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,6 +19,49 @@ def test_synthetic_length_defaults_to_the_sources_max_len():
     config = tiny_seq2seq_config()
     del config.dataset.source_kwargs["max_len"]  # the source's default: 10 content tokens
     assert create_task(config).max_length == 10 + 2
+
+
+class _GivenLogits:
+    """Stands in for the Transformer: ``apply`` returns the "parameters", which are logits."""
+
+    def __init__(self, vocab_size):
+        self.target_vocab_size = vocab_size
+
+    def apply(self, variables, *args, **kwargs):
+        return jax.numpy.asarray(variables["params"])
+
+
+def test_losses_and_metrics_count_non_padding_tokens_of_real_examples_only():
+    """Hand-made logits over 6 tokens, targets [[3, 5, 1, 0], [4, 1, 0, 0], [2, 1, 0, 0]]:
+    training averages the smoothed cross-entropy over the 5 non-padding tokens of the first
+    two rows; evaluation (third row padding, mask 0) sums the plain cross-entropy over them,
+    and a row is an exact match when its non-padding tokens are right, whatever is predicted
+    at the padding."""
+    task = create_task(tiny_seq2seq_config(label_smoothing=0.1))
+    task.model = _GivenLogits(6)
+    logits = np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    targets = np.array([[3, 5, 1, 0], [4, 1, 0, 0], [2, 1, 0, 0]], np.int32)
+    logits[1, :2] = 0.0
+    logits[1, 0, 4] = logits[1, 1, 1] = 5.0  # row 1 right where it counts
+    logits[1, 2:, 0] = 9.0  # and "wrong" (PAD, never predicted, then 0-excluded) after
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = (targets > 0) & (np.arange(3) < 2)[:, None]
+    smoothed = 0.9 * np.eye(6)[targets] + 0.1 / 6
+    want = -np.sum((smoothed * log_softmax).sum(-1) * real) / 5
+    two = {"inputs": targets[:2], "targets": targets[:2]}
+    loss, _ = task.loss(logits[:2], two, jax.random.key(0), {})
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(task.loss_weight(two), 5)
+    sums = task.eval_sums(logits, {"inputs": targets, "targets": targets,
+                                   "mask": np.array([1, 1, 0], np.float32)}, {})
+    plain = -np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(sums["loss"], [np.sum(plain * real), 5], rtol=1e-5)
+    predicted = np.argmax(np.where(np.arange(6) == 0, -np.inf, logits), -1)
+    np.testing.assert_allclose(sums["token_accuracy"],
+                               [np.sum((predicted == targets) * real), 5])
+    row_right = np.all((predicted == targets) | (targets == 0), -1)
+    assert row_right[1]
+    np.testing.assert_allclose(sums["exact_match"], [np.sum(row_right[:2]), 2])
 
 
 def test_target_ids_are_checked_against_the_output_vocabulary():
