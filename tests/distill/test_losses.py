@@ -498,3 +498,57 @@ def test_weights_of_another_shape_are_refused_not_broadcast_along_other_axes():
                                     mask=per_example[:, None]) == pytest.approx(1.0)
     assert distill.hidden_state_mse(student[..., None], teacher[..., None],
                                     mask=jnp.ones((3, 3))) == pytest.approx(1.0)
+
+
+def test_padded_examples_change_no_loss_with_hard_targets():
+    """``weights`` (0 for padding) in the losses with hard targets too: the padded batch
+    gives the unpadded batch's loss, whatever logits and labels the padding holds."""
+    cls, dist, t = random_logits(31, 3, 5), random_logits(32, 3, 5), random_logits(33, 3, 5)
+    labels = jnp.array([0, 4, 2])
+
+    def pad(x, fill):
+        return jnp.concatenate([x, jnp.full((2, *x.shape[1:]), fill, x.dtype)])
+
+    weights = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    padded = dict(cls=pad(cls, 9.0), dist=pad(dist, -9.0), t=pad(t, 3.0),
+                  labels=pad(labels, 1))
+    expected = float(distill.hard_distillation_loss(cls, t, labels))
+    assert expected == pytest.approx(
+        0.5 * np_ce(cls, np.eye(5)[labels]).mean()
+        + 0.5 * np_ce(cls, np.eye(5)[np.argmax(np.asarray(t), -1)]).mean(), rel=1e-5)
+    got = distill.hard_distillation_loss(padded["cls"], padded["t"], padded["labels"],
+                                         weights=weights)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    for kind in ("hard", "soft", "none"):
+        loss = lambda c, d, tt, y, w=None, kind=kind: distill.deit_distillation_token_loss(
+            c, d, tt, y, distillation_type=kind, alpha=0.5, weights=w)
+        assert float(loss(padded["cls"], padded["dist"], padded["t"], padded["labels"],
+                          weights)) == pytest.approx(float(loss(cls, dist, t, labels)),
+                                                     rel=1e-6), kind
+
+
+def test_feature_projection_follows_its_settings():
+    """``use_bias`` and ``kernel_init`` reach the Dense, and the parameters stay float32
+    under a bfloat16 ``dtype`` (the computation alone is bfloat16)."""
+    hidden = jnp.ones((1, 2, 4))
+    without_bias = distill.FeatureProjection(6, use_bias=False).init(jax.random.key(0), hidden)
+    assert set(without_bias["params"]["projection"]) == {"kernel"}
+    ones = distill.FeatureProjection(6, kernel_init=jax.nn.initializers.ones)
+    params = ones.init(jax.random.key(0), hidden)["params"]["projection"]
+    np.testing.assert_array_equal(params["kernel"], np.ones((4, 6)))
+    half = distill.FeatureProjection(6, dtype=jnp.bfloat16)
+    variables = half.init(jax.random.key(0), hidden)
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert half.apply(variables, hidden).dtype == jnp.bfloat16
+
+
+def test_hidden_state_cosine_is_scale_free_for_small_vectors():
+    """Scale-free, as documented: norms far below 1 (0.01 · ‖h‖ here, products ~1e-4) give
+    the same loss as the unscaled states, against a NumPy cosine; only norms near ``eps``
+    are floored."""
+    s, t = random_logits(34, 2, 3, 4), random_logits(35, 2, 3, 4)
+    s64, t64 = np.asarray(s, np.float64), np.asarray(t, np.float64)
+    cosine = np.sum(s64 * t64, -1) / (np.linalg.norm(s64, axis=-1) * np.linalg.norm(t64, axis=-1))
+    for scale in (1.0, 0.01):
+        got = distill.hidden_state_cosine(scale * s, scale * t)
+        assert float(got) == pytest.approx(np.mean(1 - cosine), rel=1e-5), scale

@@ -320,3 +320,41 @@ def test_heads_must_divide_features():
         MultiHeadAttention(num_heads=3, qkv_features=16)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         MultiHeadAttention(num_heads=3).init(jax.random.key(0), jnp.ones((1, 2, 16)))
+
+
+def test_attention_dropout_zeroes_weights_with_the_rate_and_rescales_the_kept_ones():
+    """Inverted dropout on the attention weights: each weight is dropped with probability
+    ``rate`` and the kept ones are divided by ``1 - rate``, so the expected output is the
+    undropped one. With one-hot values (key k carries unit vector k) the output row *is* the
+    dropped weight row, which is compared with the undropped weights returned alongside.
+    At rate 0.25 a dropout that kept with probability ``rate`` (or forgot the rescaling)
+    would be caught; the test at rate 0.5 above could not tell them apart."""
+    rng = np.random.default_rng(11)
+    batch, q_len, heads, kv_len, rate = 4, 16, 4, 8, 0.25
+    query = jnp.asarray(rng.normal(size=(batch, q_len, heads, kv_len)), jnp.float32)
+    key = jnp.asarray(rng.normal(size=(batch, kv_len, heads, kv_len)), jnp.float32)
+    value = jnp.broadcast_to(jnp.eye(kv_len)[None, :, None, :], (batch, kv_len, heads, kv_len))
+    out, weights = jax.jit(lambda q, k, v: dot_product_attention(
+        q, k, v, dropout_rate=rate, dropout_rng=jax.random.key(0), deterministic=False,
+        return_weights=True))(query, key, value)
+    dropped = np.asarray(out).transpose(0, 2, 1, 3)  # [batch, heads, q, k], as the weights
+    weights = np.asarray(weights)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)  # the undropped softmax
+    zero = dropped == 0.0
+    np.testing.assert_allclose(dropped[~zero], weights[~zero] / (1 - rate), rtol=1e-5)
+    # 2048 weights: the dropped fraction's standard deviation is about 0.01.
+    assert abs(zero.mean() - rate) < 0.04, zero.mean()
+
+
+def test_deterministic_attention_ignores_the_dropout_rate(qkv):
+    """``deterministic=True`` (evaluation) disables attention dropout whatever the rate: the
+    exact softmax(QKᵀ/√d)V, with or without an rng, in the function and in the layer."""
+    expected = numpy_attention(*qkv)
+    for rng in (None, jax.random.key(0)):
+        out = dot_product_attention(*qkv, dropout_rate=0.5, dropout_rng=rng, deterministic=True)
+        np.testing.assert_allclose(out, expected, atol=2e-6, rtol=1e-5)
+    layer = MultiHeadAttention(num_heads=2, dropout_rate=0.5)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 8)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(layer.apply(params, x, deterministic=True),
+                                  MultiHeadAttention(num_heads=2).apply(params, x))

@@ -228,3 +228,98 @@ def test_source_ids_outside_the_vocabulary_fail_before_decoding(model_and_params
     with pytest.raises(ValueError, match=r"got ids from -1 to 7"):  # the jitted entry checks too
         decoder(params, SOURCE.at[1, 0].set(-1))
     np.testing.assert_array_equal(decoder(params, SOURCE), _decode(model, params))
+
+
+def _step_table_model(probabilities):
+    """A fake one-step decoder whose next-token probabilities depend on the step alone:
+    ``probabilities[t]`` ``[vocab]`` at step ``t`` (the cache is the step counter), PAD never.
+    Hypotheses' log-probabilities are then sums that can be written out by hand."""
+    logits = jnp.log(jnp.asarray(probabilities, jnp.float32)).at[:, PAD_ID].set(
+        decoding.NEG_INF)
+
+    def tokens_to_logits(tokens, step):
+        return jnp.tile(logits[step][None], (tokens.shape[0], 1)), step + 1
+
+    return tokens_to_logits
+
+
+def test_beam_search_without_eos_returns_the_best_live_beams_scored_at_their_length():
+    """No hypothesis ends (EOS has probability ~0): the example falls back to its live beams,
+    which must be the two most probable distinct sequences, scored log p / ((5 + 3) / 6)^α
+    at their length 3. Step by step (tokens 2 and 3): .7/.3, then .6/.4, then .8/.2, so the
+    best two of the eight sequences are 2 2 2 (.336) and 2 3 2 (.224)."""
+    eos = 1e-12
+    model = _step_table_model([[0.0, eos, 0.7, 0.3], [0.0, eos, 0.6, 0.4],
+                               [0.0, eos, 0.8, 0.2]])
+    seqs, scores = jax.jit(lambda c: decoding.beam_search(model, c, 1, 2, 3, alpha=0.6))(
+        jnp.array(0))
+    np.testing.assert_array_equal(seqs[0], [[2, 2, 2], [2, 3, 2]])
+    penalty = ((5.0 + 3) / 6.0) ** 0.6
+    np.testing.assert_allclose(scores[0], np.log([0.336, 0.224]) / penalty, rtol=1e-5)
+
+
+def test_beam_search_does_not_stop_while_a_live_beam_can_still_win_on_length():
+    """Early stopping compares the best finished score with the best a live hypothesis could
+    still reach: its log-probability under the largest length penalty, ((5 + L) / 6)^α. With
+    α = 1 a longer hypothesis can overtake a short finished one: [EOS] at step 0 scores
+    ln .55 = -0.598, while 2 2 2 EOS (probability .45 · .99³) scores -0.829 / 1.5 = -0.553."""
+    model = _step_table_model([[0.0, 0.55, 0.45, 0.0], [0.0, 0.01, 0.99, 0.0],
+                               [0.0, 0.01, 0.99, 0.0], [0.0, 0.99, 0.01, 0.0]])
+    seqs, scores = jax.jit(lambda c: decoding.beam_search(model, c, 1, 1, 4, alpha=1.0))(
+        jnp.array(0))
+    np.testing.assert_array_equal(seqs[0, 0], [2, 2, 2, EOS_ID])
+    np.testing.assert_allclose(scores[0, 0], np.log(0.45 * 0.99**3) / 1.5, rtol=1e-5)
+
+
+def test_filter_logits_divides_by_the_temperature():
+    logits = jnp.array([[2.0, -1.0, 0.5, 4.0]])
+    np.testing.assert_allclose(decoding.filter_logits(logits, temperature=2.0), logits / 2.0)
+    np.testing.assert_allclose(decoding.filter_logits(logits, temperature=0.5), logits * 2.0)
+
+
+def test_sampling_draws_each_step_from_the_tempered_softmax_with_a_fresh_key():
+    """2000 sequences of two steps from fixed logits ln [., ., .6, .3, .1] at T = 2: the
+    tokens' frequencies at each step are softmax(logits / T) ∝ √p, and the two steps are
+    independent draws (a key reused across steps would repeat the first token)."""
+    probs = np.array([0.0, 0.0, 0.6, 0.3, 0.1])
+    model = _step_table_model([probs, probs])
+    tokens = np.asarray(jax.jit(lambda c, r: decoding.sample(
+        model, c, 2000, 2, r, temperature=2.0))(jnp.array(0), jax.random.key(0)))
+    tempered = np.sqrt(probs) / np.sqrt(probs).sum()
+    for step in range(2):
+        frequencies = np.bincount(tokens[:, step], minlength=5) / 2000
+        # Standard deviations of at most 0.011.
+        np.testing.assert_allclose(frequencies, tempered, atol=0.04)
+    repeated = np.mean(tokens[:, 0] == tokens[:, 1])
+    assert abs(repeated - np.sum(tempered**2)) < 0.05, repeated
+
+
+def test_beam_search_reorders_the_cache_to_follow_the_live_beams():
+    """The cache rows must follow the live hypotheses they belong to, not the best
+    candidates of the step (an EOS candidate among those takes no live row). A fake decoder
+    whose cache holds each row's first token, and whose next-token probabilities depend on
+    it; beam 2, α = 0 (scores are log-probabilities):
+
+    - step 0: EOS .2, 2 .5, 3 .3: live [2], [3].
+    - step 1, after 2: EOS .6, 2 .3, 3 .1; after 3: EOS .05, 2 .9, 3 .05. Best: [2 EOS] .30
+      (finished), [3 2] .27 and [2 2] .15 (live, from rows 1 and 0: the rows swap).
+    - step 2, first token 2: EOS .5; first token 3: EOS .9. So [3 2 EOS] = .243 and
+      [2 2 EOS] = .075, where swapped caches would give .135 and .135.
+    """
+    table = np.zeros((3, 4, 4))  # [step, first token, next token]
+    table[0, :] = [0.0, 0.2, 0.5, 0.3]
+    table[1, 2], table[1, 3] = [0.0, 0.6, 0.3, 0.1], [0.0, 0.05, 0.9, 0.05]
+    table[2, 2], table[2, 3] = [0.0, 0.5, 0.25, 0.25], [0.0, 0.9, 0.05, 0.05]
+    logits_table = jnp.log(jnp.asarray(table, jnp.float32)).at[..., PAD_ID].set(
+        decoding.NEG_INF)
+
+    def tokens_to_logits(tokens, cache):
+        step, first = cache
+        first = jnp.where(step == 1, tokens[:, 0], first)
+        return logits_table[step, first], (step + 1, first)
+
+    cache = (jnp.array(0), jnp.zeros((2,), jnp.int32))  # batch 1 x beam 2 rows
+    seqs, scores = jax.jit(lambda c: decoding.beam_search(tokens_to_logits, c, 1, 2, 3,
+                                                          alpha=0.0))(cache)
+    np.testing.assert_array_equal(seqs[0], [[2, EOS_ID, PAD_ID], [3, 2, EOS_ID]])
+    np.testing.assert_allclose(scores[0], np.log([0.3, 0.27 * 0.9]), rtol=1e-5)

@@ -1,7 +1,13 @@
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import combine_masks, make_attention_mask, make_causal_mask, make_padding_mask
+from transformer import (
+    combine_masks,
+    make_attention_mask,
+    make_causal_mask,
+    make_padding_mask,
+    make_segment_mask,
+)
 
 
 def test_causal_mask_is_lower_triangular():
@@ -30,3 +36,13 @@ def test_combine_masks_ands_and_ignores_none():
     combined = combine_masks(None, causal, padding)
     np.testing.assert_array_equal(combined[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
     assert combine_masks(None, None) is None
+
+
+def test_segment_mask_keeps_attention_within_each_packed_example():
+    """Packed rows: query i may attend to key j only when both belong to the same example;
+    queries and keys may have different lengths (cross-attention of packed targets)."""
+    queries = jnp.array([[1, 1, 2]])
+    keys = jnp.array([[1, 2, 2, 0]])
+    mask = make_segment_mask(queries, keys)
+    assert mask.shape == (1, 1, 3, 4)
+    np.testing.assert_array_equal(mask[0, 0], [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0]])

@@ -302,3 +302,75 @@ def test_bfloat16_stacks_start_from_one_rounding_of_embedding_plus_position(part
     assert seen[0].dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(seen[0], np.float32),
                                   np.asarray(jnp.asarray(summed, jnp.bfloat16), np.float32))
+
+
+def test_training_block_drops_the_mlp_hidden_units_and_its_output_once_each():
+    """Dropout in an encoder block's MLP branch, in training: on the hidden units and on the
+    branch's output, once each (ViT's MlpBlock; "Attention Is All You Need" §5.4). With the
+    attention branch silenced (zero output projection) and identity MLP weights, a pre-LN
+    block computes x + drop(drop(relu(LN(x)))): every positive unit is either dropped or
+    scaled by 1 / (1 − rate)², kept with probability (1 − rate)²."""
+    rate, width = 0.5, 32
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 16, width)), jnp.float32)
+    block = EncoderBlock(num_heads=2, mlp_dim=width, dropout_rate=rate, activation="relu")
+    params = jax.eval_shape(block.init, jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    for norm in ("LayerNorm_0", "LayerNorm_2"):
+        params[norm]["scale"] = jnp.ones(width)
+    for dense in ("Dense_0", "Dense_1"):
+        params["MlpBlock_3"][dense]["kernel"] = jnp.eye(width)
+    out = jax.jit(lambda p: block.apply({"params": p}, x, None, False,
+                                        rngs={"dropout": jax.random.key(1)}))(params)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    hidden = np.maximum(np.asarray((x - mean) / np.sqrt(var + 1e-6)), 0.0)
+    positive = hidden > 0.1
+    ratio = np.asarray(out - x)[positive] / hidden[positive]
+    kept = np.isclose(ratio, 1 / (1 - rate) ** 2, rtol=1e-3)
+    assert np.all(kept | np.isclose(ratio, 0.0, atol=1e-3)), np.unique(ratio.round(2))
+    # About 900 positive units: the kept fraction's standard deviation is about 0.015.
+    assert abs(kept.mean() - (1 - rate) ** 2) < 0.07, kept.mean()
+
+
+def test_stack_passes_its_layer_norm_epsilon_to_every_block():
+    """``layer_norm_epsilon`` (1e-6 for ViT, 1e-12 for BERT) reaches the blocks' LayerNorms,
+    not only the stack's own. A post-LN block whose branches output zeros computes
+    LN(LN(x)); with ε = 1 (far from the default) that is written out in NumPy."""
+    from transformer import Encoder
+
+    eps, width = 1.0, 8
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 3, width)), jnp.float32)
+    encoder = Encoder(num_layers=1, num_heads=2, mlp_dim=16, position_embedding="none",
+                      norm_placement="post", layer_norm_epsilon=eps)
+    params = jax.eval_shape(encoder.init, jax.random.key(0), x)["params"]
+    # Zero weights silence both branches; LayerNorm scales of one keep them plain.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.ones(s.shape) if path[-1].key == "scale" else jnp.zeros(s.shape),
+        params)
+
+    def layer_norm(y):
+        return (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + eps)
+
+    np.testing.assert_allclose(jax.jit(lambda p: encoder.apply({"params": p}, x))(params),
+                               layer_norm(layer_norm(np.asarray(x, np.float64))),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_logits_via_embedding_use_the_target_table():
+    """Tied output projection (§3.4) without shared embeddings: the logits are the decoder's
+    output times the *target* embedding table transposed, one per target token."""
+    model = create_transformer("micro", vocab_size=12, output_vocab_size=8, max_length=16,
+                               dropout_rate=0.0, logits_via_embedding=True)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), SOURCE, TARGET)["params"]
+    rng = np.random.default_rng(8)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+    assert "logits_dense" not in params
+    # Jitted: op by op, the forward pass takes seconds.
+    logits, state = jax.jit(lambda p: model.apply(
+        {"params": p}, SOURCE, TARGET,
+        capture_intermediates=lambda module, method: module.name == "decoder"
+        and method == "__call__"))(params)
+    (decoded,) = state["intermediates"]["decoder"]["__call__"]
+    assert logits.shape == (2, 5, 8)
+    table = np.asarray(params["target_embedding"]["embedding"], np.float64)
+    np.testing.assert_allclose(logits, np.asarray(decoded, np.float64) @ table.T,
+                               rtol=1e-4, atol=1e-4)

@@ -377,3 +377,37 @@ def test_missing_keys_message_shows_the_checkpoints_own_keys(tmp_path):
     with pytest.raises(ValueError, match=r"missing \d+ parameter\(s\).*the checkpoint has 2 "
                                          r"entries, e.g. \['decoder/w', 'encoder/w'\]"):
         vit.load_pretrained(path, _model())
+
+
+def test_resize_is_bilinear_and_keeps_every_prefix_token():
+    """``order=1`` as in the official fine-tuning code, against linear interpolation written
+    out with ``np.interp``, one axis after the other: a random 4x4 grid zoomed to 7x6 with
+    the corners aligned (output i reads input i·(4 − 1)/(7 − 1) along the height). A cubic
+    spline differs by up to ~0.3 here. Both prefix tokens (class and distillation) are kept
+    apart unchanged."""
+    rng = np.random.default_rng(0)
+    grid = rng.normal(size=(4, 4, 2)).astype(np.float32)
+    prefix = rng.normal(size=(1, 2, 2)).astype(np.float32)
+    posembed = np.concatenate([prefix, grid.reshape(1, 16, 2)], axis=1)
+    resized = vit.resize_posembed(posembed, 2, (7, 6))
+    assert resized.shape == (1, 2 + 7 * 6, 2)
+    np.testing.assert_array_equal(resized[:, :2], prefix)
+
+    def interpolate(values, new_length):  # along axis 0
+        where = np.arange(new_length) * (len(values) - 1) / (new_length - 1)
+        flat = values.reshape(len(values), -1)
+        return np.stack([np.interp(where, np.arange(len(values)), column)
+                         for column in flat.T], axis=-1).reshape(new_length, *values.shape[1:])
+
+    expected = interpolate(interpolate(grid, 7).transpose(1, 0, 2), 6).transpose(1, 0, 2)
+    np.testing.assert_allclose(resized[0, 2:].reshape(7, 6, 2), expected, atol=1e-5)
+
+
+def test_loaded_parameters_take_the_models_param_dtype_and_image_size(tmp_path):
+    """A float32 checkpoint loads in the model's ``param_dtype``; ``image_size=`` loads for
+    that resolution (the position grid resized from 4x4 to 8x8) without a new model."""
+    path = _save(_random_params(_model()), tmp_path)
+    loaded = vit.load_pretrained(path, _model(param_dtype=jnp.bfloat16))
+    assert {x.dtype for x in jax.tree.leaves(loaded)} == {jnp.dtype(jnp.bfloat16)}
+    bigger = vit.load_pretrained(path, _model(), image_size=32)
+    assert _posembed(bigger).shape == (1, 1 + 8 * 8, 32)

@@ -67,6 +67,7 @@ def test_forward_shapes_and_dropout():
 def test_head_starts_at_zero_and_gap_has_no_class_token():
     params = _micro().init(jax.random.key(0), IMAGES)["params"]
     assert not np.any(params["head"]["kernel"])
+    assert not np.any(params["cls"])  # the official code's class token starts at zero too
     gap = _micro(classifier="gap").init(jax.random.key(0), IMAGES)["params"]
     assert "cls" not in gap
     assert gap["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 16, 32)
@@ -256,3 +257,36 @@ def test_last_block_skips_the_work_of_the_tokens_no_head_reads(classifier):
     else:
         # Two blocks: the last is about half the count, and most of it is skipped.
         assert got < 0.75 * want, (got, want)
+
+
+def test_tokens_are_class_distillation_patches_and_each_head_reads_its_own():
+    """DeiT's layout: the encoder reads [class token, distillation token, patches], the head
+    reads the normalised class token (position 0) and ``head_dist`` the distillation token
+    (position 1). Checked against the parameters and a LayerNorm written out in NumPy, from
+    the sown encoder input (position embeddings added) and the last block's output; the two
+    heads would agree on a swapped or a shared position only by accident."""
+    model = _micro(distillation_token=True)
+    # Random parameters of the model's shapes (its own init, op by op, takes seconds).
+    params = _randomized(jax.eval_shape(model.init, jax.random.key(0), IMAGES)["params"])
+    # Jitted: op by op, this forward pass takes seconds.
+    (cls_logits, dist_logits), state = jax.jit(lambda p: model.apply(
+        {"params": p}, IMAGES, train=True, mutable=["intermediates"],
+        capture_intermediates=lambda module, method: module.name == "posembed_input"))(params)
+    encoder = state["intermediates"]["Transformer"]
+    (embedded,) = encoder["posembed_input"]["__call__"]
+    posembed = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])
+    assert posembed.shape == (1, 2 + 16, 32)
+    tokens = np.asarray(embedded) - posembed
+    np.testing.assert_allclose(tokens[:, 0], np.broadcast_to(params["cls"][0], (2, 32)),
+                               atol=1e-6)
+    np.testing.assert_allclose(tokens[:, 1], np.broadcast_to(params["dist_token"][0], (2, 32)),
+                               atol=1e-6)
+    (last,) = encoder["encoderblock_1"]["hidden_state"]
+    norm = params["Transformer"]["encoder_norm"]
+    last = np.asarray(last, np.float64)
+    mean, var = last.mean(-1, keepdims=True), last.var(-1, keepdims=True)
+    normed = (last - mean) / np.sqrt(var + 1e-6) * norm["scale"] + norm["bias"]
+    for logits, name, position in ((cls_logits, "head", 0), (dist_logits, "head_dist", 1)):
+        head = params[name]
+        np.testing.assert_allclose(logits, normed[:, position] @ head["kernel"] + head["bias"],
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
