@@ -30,7 +30,9 @@ Other deviations from the paper:
   last model (``eval/*``) and the average (``eval_averaged/*``, with ``eval_averaged/bleu``,
   the paper's figure); decode with the average by ``python -m trainer.generate
   --workdir=... --average_last=5`` (big: 20).
-- BLEU decodes up to 256 output tokens (``dataset.max_length``), not input length + 50.
+- BLEU decodes at most input length + 50 tokens, as the paper does (``bleu_extra_length``),
+  and never more than 256 (``dataset.max_length``, the position table's length); an output
+  cut at its limit has no EOS. The input length counts the source's EOS.
 - Training drops every sentence pair whose source or target, EOS included, is longer than
   256 sentencepiece tokens (``dataset.max_length``), as Flax's example does (its
   ``length_filter``); the paper does not say how it treats long pairs.
@@ -104,6 +106,7 @@ def get_config(arg: str | None = None):
     # newstest2014 (3,003 sentences) is 12 batches of 256.
     config.bleu_eval_batches = 12
     config.bleu_strategy = "beam"
+    config.bleu_extra_length = 50  # §6.1: "maximum output length ... input length + 50"
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = size["d_model"] ** -0.5 * 4000**-0.5
     config.optimizer.b1 = 0.9

@@ -40,6 +40,9 @@ flags.DEFINE_float("top_p", 1.0, "Sampling: nucleus mass.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 32, "Lines decoded together.", lower_bound=1)
 flags.DEFINE_integer("max_decode_length", 0, "Output length limit (0: the model's).")
+flags.DEFINE_integer("extra_length", None, "Limit each output to its source's length plus "
+                     "this many tokens (the paper: 50), within --max_decode_length.",
+                     lower_bound=0)
 flags.DEFINE_integer("average_last", 1, "Decode with the mean parameters of the run's newest "
                      "N checkpoints (the paper's base model: 5); 1: the newest alone.",
                      lower_bound=1)
@@ -151,6 +154,8 @@ def main(argv: list[str]) -> None:
     stream = open(FLAGS.input) if FLAGS.input else sys.stdin  # noqa: SIM115
     options = dict(strategy=FLAGS.strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
                    max_decode_length=FLAGS.max_decode_length, average_last=FLAGS.average_last)
+    if FLAGS.extra_length is not None:
+        options["extra_length"] = FLAGS.extra_length
     if FLAGS.strategy == "beam":
         options.update(beam_size=FLAGS.beam_size, alpha=FLAGS.alpha)
     if FLAGS.strategy == "sample":

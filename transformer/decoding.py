@@ -4,6 +4,9 @@ Every strategy is a ``lax.while_loop`` over output positions that feeds one toke
 the decoder with its key/value cache (so a step costs O(length) attention work, not
 O(length²)), and stops early once every sequence of the batch has produced ``EOS_ID``.
 Outputs are ``[batch, max_decode_length]`` int32 with ``EOS_ID`` kept and ``PAD_ID`` after it.
+``max_lengths`` ``[batch]`` optionally limits each example's output further, as the paper's
+"input length + 50" (``output_limits``): an example stops at its limit, cut off (no ``EOS``),
+as every example does at ``max_decode_length``.
 """
 
 from __future__ import annotations
@@ -104,10 +107,27 @@ def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
     return logits
 
 
+def output_limits(inputs: Array, extra: int, max_decode_length: int) -> Array:
+    """``[batch]`` output length limits: each source's length (its non-``PAD`` tokens, ``EOS``
+    included) plus ``extra``, at most ``max_decode_length``. With ``extra=50``, the maximum
+    output length of "Attention Is All You Need" (§6.1: input length + 50)."""
+    lengths = jnp.sum(inputs != PAD_ID, axis=-1)
+    return jnp.minimum(lengths + extra, max_decode_length).astype(jnp.int32)
+
+
+def _limits(max_lengths: Array | None, batch_size: int, max_decode_length: int) -> Array:
+    """``max_lengths`` as ``[batch]`` int32 (``max_decode_length`` for every example if None)."""
+    if max_lengths is None:
+        return jnp.full((batch_size,), max_decode_length, jnp.int32)
+    return jnp.minimum(jnp.asarray(max_lengths, jnp.int32), max_decode_length)
+
+
 def _sequential_decode(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int,
                        max_decode_length: int, choose: Callable[[Array, Array], Array],
-                       rng: Array, eos_id: int) -> Array:
-    """Shared loop of greedy and sampled decoding; ``choose(logits, rng) -> tokens [batch]``."""
+                       rng: Array, eos_id: int, max_lengths: Array | None = None) -> Array:
+    """Shared loop of greedy and sampled decoding; ``choose(logits, rng) -> tokens [batch]``.
+    An example ends at ``EOS`` or after ``max_lengths`` tokens."""
+    limits = _limits(max_lengths, batch_size, max_decode_length)
 
     def cond(state):
         index, _, _, _, finished, _ = state
@@ -119,7 +139,7 @@ def _sequential_decode(tokens_to_logits: TokensToLogits, cache: Any, batch_size:
         logits, cache = tokens_to_logits(token[:, None], cache)
         next_token = jnp.where(finished, PAD_ID, choose(logits, step_rng))
         sequences = jax.lax.dynamic_update_slice(sequences, next_token[:, None], (0, index))
-        finished = finished | (next_token == eos_id)
+        finished = finished | (next_token == eos_id) | (index + 1 >= limits)
         return index + 1, next_token, cache, sequences, finished, rng
 
     initial = (
@@ -127,24 +147,25 @@ def _sequential_decode(tokens_to_logits: TokensToLogits, cache: Any, batch_size:
         jnp.full((batch_size,), PAD_ID, jnp.int32),  # the decoder's start token
         cache,
         jnp.full((batch_size, max_decode_length), PAD_ID, jnp.int32),
-        jnp.zeros((batch_size,), bool),
+        limits <= 0,
         rng,
     )
     return jax.lax.while_loop(cond, body, initial)[3]
 
 
 def greedy_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int,
-                  max_decode_length: int, eos_id: int = EOS_ID) -> Array:
+                  max_decode_length: int, eos_id: int = EOS_ID,
+                  max_lengths: Array | None = None) -> Array:
     """Arg-max token at every step. Returns ``[batch, max_decode_length]`` int32."""
     return _sequential_decode(
         tokens_to_logits, cache, batch_size, max_decode_length,
         lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        jax.random.key(0), eos_id)
+        jax.random.key(0), eos_id, max_lengths)
 
 
 def sample(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int,
            max_decode_length: int, rng: Array, *, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, eos_id: int = EOS_ID) -> Array:
+           top_p: float = 1.0, eos_id: int = EOS_ID, max_lengths: Array | None = None) -> Array:
     """Samples each token from the filtered softmax. Returns ``[batch, max_decode_length]``."""
 
     def choose(logits, step_rng):
@@ -152,7 +173,7 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int,
         return jax.random.categorical(step_rng, filtered, axis=-1).astype(jnp.int32)
 
     return _sequential_decode(tokens_to_logits, cache, batch_size, max_decode_length, choose,
-                              rng, eos_id)
+                              rng, eos_id, max_lengths)
 
 
 # ----------------------------------------------------------------------------- beam search
@@ -180,7 +201,8 @@ def _gather_beams(tree: Any, parents: Array, batch_size: int, beam_size: int,
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, beam_size: int,
                 max_decode_length: int, *, alpha: float = 0.6, eos_id: int = EOS_ID,
-                cache_batch_axis: int = 0) -> tuple[Array, Array]:
+                cache_batch_axis: int = 0,
+                max_lengths: Array | None = None) -> tuple[Array, Array]:
     """Beam search with GNMT length normalisation and early stopping.
 
     ``cache`` must already be expanded to ``batch_size * beam_size`` rows
@@ -190,7 +212,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, b
     beat the worst finished one of any example. As in Flax's WMT example and T2T, an example
     that finished any hypothesis returns its finished ones only; hypotheses still live at
     ``max_decode_length`` (no ``EOS``: cut off, not ended) are returned only by examples
-    that finished none.
+    that finished none. With ``max_lengths`` ``[batch]`` each example stops at its own
+    limit: its hypotheses are frozen from there on, as all are at ``max_decode_length``.
 
     Returns:
       sequences ``[batch, beam_size, max_decode_length]`` and scores ``[batch, beam_size]``
@@ -199,13 +222,17 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, b
     if beam_size < 1:
         raise ValueError(f"beam_size={beam_size} must be >= 1")
     batch, beams, length = batch_size, beam_size, max_decode_length
-    best_possible_penalty = length_penalty(length, alpha)
+    limits = _limits(max_lengths, batch, length)
+    # A live hypothesis can at best keep its log-probability up to the longest length it may
+    # reach, its example's limit.
+    best_possible_penalty = length_penalty(limits, alpha)
 
     def cond(state):
         index, _, live_logprobs, _, finished_scores, _ = state
         best_live = jnp.max(live_logprobs, axis=-1) / best_possible_penalty
         worst_finished = jnp.min(finished_scores, axis=-1)
-        return (index < length) & ~jnp.all(worst_finished >= best_live)
+        done = (worst_finished >= best_live) | (index >= limits)
+        return (index < length) & ~jnp.all(done)
 
     def body(state):
         index, live_seqs, live_logprobs, finished_seqs, finished_scores, cache = state
@@ -236,9 +263,17 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, b
         scores = jnp.where(is_eos & in_top & (top_logprobs > NEG_INF / 2), scores, NEG_INF)
         merged_scores = jnp.concatenate([finished_scores, scores], axis=1)
         merged_seqs = jnp.concatenate([finished_seqs, top_seqs], axis=1)
-        finished_scores, finished_pick = jax.lax.top_k(merged_scores, beams)
-        finished_seqs = jnp.take_along_axis(merged_seqs, finished_pick[..., None], axis=1)
-        return index + 1, new_live_seqs, new_live_logprobs, finished_seqs, finished_scores, cache
+        new_finished_scores, finished_pick = jax.lax.top_k(merged_scores, beams)
+        new_finished_seqs = jnp.take_along_axis(merged_seqs, finished_pick[..., None], axis=1)
+        # Examples at their limit keep their hypotheses (their cache rows are not read again).
+        active = index < limits
+
+        def keep(new, old):
+            return jnp.where(active.reshape((batch,) + (1,) * (new.ndim - 1)), new, old)
+
+        return (index + 1, keep(new_live_seqs, live_seqs),
+                keep(new_live_logprobs, live_logprobs), keep(new_finished_seqs, finished_seqs),
+                keep(new_finished_scores, finished_scores), cache)
 
     initial_logprobs = jnp.tile(
         jnp.array([0.0] + [NEG_INF] * (beams - 1), jnp.float32)[None], (batch, 1))
@@ -248,8 +283,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, batch_size: int, b
     index, live_seqs, live_logprobs, finished_seqs, finished_scores, _ = jax.lax.while_loop(
         cond, body, state)
 
-    # Examples that never finished a hypothesis fall back to their live beams.
-    live_scores = live_logprobs / length_penalty(index, alpha)
+    # Examples that never finished a hypothesis fall back to their live beams, which are as
+    # long as the loop ran or as their example's limit.
+    live_scores = live_logprobs / length_penalty(jnp.minimum(index, limits), alpha)[:, None]
     none_finished = jnp.all(finished_scores <= NEG_INF / 2, axis=-1)
     sequences = jnp.where(none_finished[:, None, None], live_seqs, finished_seqs)
     scores = jnp.where(none_finished[:, None], live_scores, finished_scores)
@@ -264,33 +300,43 @@ def decode(model: Transformer, params: Any, inputs: Array, *, max_decode_length:
            strategy: str = "greedy", beam_size: int = 4, alpha: float = 0.6,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            rng: Array | None = None, eos_id: int = EOS_ID,
-           return_all_beams: bool = False) -> Array | tuple[Array, Array]:
+           return_all_beams: bool = False,
+           extra_length: int | None = None) -> Array | tuple[Array, Array]:
     """Encodes ``inputs`` ``[batch, source_length]`` once and decodes with ``strategy``.
 
     Returns ``[batch, max_decode_length]`` tokens; for ``strategy="beam"`` with
     ``return_all_beams`` the pair ``(sequences [batch, beam, length], scores [batch, beam])``.
+    ``extra_length`` limits each example's output to its source length plus that many
+    tokens (``output_limits``; the paper's 50), within ``max_decode_length``.
     Jit it with ``jax.jit(decode, static_argnames=(...))`` or through ``make_decoder``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not supported; expected one of {STRATEGIES}")
     _check_decode_args(inputs, max_decode_length, model)
+    if extra_length is not None and extra_length < 0:
+        raise ValueError(f"extra_length={extra_length} must be >= 0 (or None: no limit but "
+                         "max_decode_length)")
     batch_size, source_length = inputs.shape
+    max_lengths = (None if extra_length is None
+                   else output_limits(inputs, extra_length, max_decode_length))
     encoded = model.apply({"params": params}, inputs, method="encode")
     if strategy != "beam":
         cache = init_cache(model, batch_size, source_length, max_decode_length)
         step = make_tokens_to_logits(model, params, encoded, inputs)
         if strategy == "greedy":
-            return greedy_search(step, cache, batch_size, max_decode_length, eos_id)
+            return greedy_search(step, cache, batch_size, max_decode_length, eos_id,
+                                 max_lengths=max_lengths)
         if rng is None:
             raise ValueError("strategy='sample' needs rng")
         return sample(step, cache, batch_size, max_decode_length, rng,
-                      temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+                      temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                      max_lengths=max_lengths)
     cache = init_cache(model, batch_size * beam_size, source_length, max_decode_length)
     step = make_tokens_to_logits(model, params, expand_to_beams(encoded, beam_size),
                                  expand_to_beams(inputs, beam_size))
     sequences, scores = beam_search(
         step, cache, batch_size, beam_size, max_decode_length, alpha=alpha, eos_id=eos_id,
-        cache_batch_axis=1 if model.scan_layers else 0)
+        cache_batch_axis=1 if model.scan_layers else 0, max_lengths=max_lengths)
     return (sequences, scores) if return_all_beams else sequences[:, 0]
 
 

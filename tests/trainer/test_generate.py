@@ -46,11 +46,15 @@ def test_one_output_per_line_empty_and_bad_lines_survive(seq2seq_workdir):
 def test_strategies_from_the_command_line(seq2seq_workdir, strategy):
     result = subprocess.run(
         [sys.executable, "-m", "trainer.generate", f"--workdir={seq2seq_workdir}",
-         f"--strategy={strategy}", "--beam_size=2", "--top_k=3", "--average_last=2"],
+         f"--strategy={strategy}", "--beam_size=2", "--top_k=3", "--average_last=2",
+         "--extra_length=1"],
         input="3 4 5\n\n6 7\n", capture_output=True, text=True, cwd=REPO, timeout=180,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == 3 and result.stdout.splitlines()[1] == ""
+    # --extra_length=1: at most source length (with EOS) + 1 tokens, EOS not printed.
+    for source, output in zip(["3 4 5", "6 7"], result.stdout.splitlines()[::2], strict=True):
+        assert len(output.split()) <= len(source.split()) + 2
 
 
 @pytest.mark.slow

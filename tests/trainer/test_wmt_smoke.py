@@ -57,8 +57,19 @@ def test_the_big_config_is_the_papers_big_model_with_its_own_recipe():
         assert config.optimizer.learning_rate == pytest.approx(d_model**-0.5 * 4000**-0.5)
         assert config.average_last_checkpoints == config.keep_checkpoints == averaged
         assert config.num_train_steps % config.checkpoint_every_steps == 0
+        assert config.bleu_extra_length == 50  # §6.1: input length + 50
     x = jnp.zeros((1, 4), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, x))  # the big model
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == 209_125_376
     with pytest.raises(ValueError, match="'huge' is not one of \\('base', 'big'\\)"):
         transformer_wmt14.get_config("huge")
+
+
+@pytest.mark.parametrize("extra_length", [-1, 2.5, True])
+def test_a_bad_bleu_extra_length_is_named_when_the_task_is_built(extra_length):
+    from tests.trainer.tiny import tiny_seq2seq_config
+    from trainer.tasks import create_task
+
+    with pytest.raises(ValueError, match=rf"config.bleu_extra_length={extra_length!r} must be "
+                                         "an integer >= 0"):
+        create_task(tiny_seq2seq_config(bleu_extra_length=extra_length))

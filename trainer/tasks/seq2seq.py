@@ -66,7 +66,9 @@ class Seq2SeqTask(Task):
     Config: ``model`` (``name`` of ``transformer.TRANSFORMER_CONFIGS``, ``vocab_size`` and
     overrides), ``dataset`` (``name`` such as ``synthetic/reverse``, splits, ``source_kwargs``),
     ``label_smoothing``, ``pack_examples`` (pack several examples per training row),
-    ``bleu_eval_batches`` and ``bleu_strategy`` (one of ``BLEU_STRATEGIES``) for text datasets.
+    ``bleu_eval_batches``, ``bleu_strategy`` (one of ``BLEU_STRATEGIES``) and
+    ``bleu_extra_length`` (each output at most its source's length plus this many tokens,
+    the paper's 50; None: ``max_length`` alone) for text datasets.
     """
 
     def __init__(self, config: Any) -> None:
@@ -91,6 +93,11 @@ class Seq2SeqTask(Task):
             raise ValueError(
                 f"config.bleu_strategy={strategy!r} is not supported; expected one of "
                 f"{BLEU_STRATEGIES} ('sample' needs an rng that BLEU evaluation does not have)")
+        extra_length = config.get("bleu_extra_length")
+        if extra_length is not None and (not isinstance(extra_length, int)
+                                         or isinstance(extra_length, bool) or extra_length < 0):
+            raise ValueError(f"config.bleu_extra_length={extra_length!r} must be an integer >= "
+                             "0 (outputs of at most source length + it; the paper: 50) or None")
         self._tokenize = None
 
     def transforms(self, training: bool = False) -> list:
@@ -148,7 +155,8 @@ class Seq2SeqTask(Task):
         tokenizer = self._tokenize.tokenizer
         decode = jax.jit(lambda p, x: decoding.decode(
             self.model, p, x, max_decode_length=self.max_length,
-            strategy=self.config.get("bleu_strategy", "beam"), beam_size=4, alpha=0.6))
+            strategy=self.config.get("bleu_strategy", "beam"), beam_size=4, alpha=0.6,
+            extra_length=self.config.get("bleu_extra_length")))
         hypotheses, references = [], []
         for index, batch in enumerate(self.eval_batches(process_index, process_count)):
             if index >= self.config.bleu_eval_batches:
