@@ -323,3 +323,55 @@ def test_beam_search_reorders_the_cache_to_follow_the_live_beams():
                                                           alpha=0.0))(cache)
     np.testing.assert_array_equal(seqs[0], [[2, EOS_ID, PAD_ID], [3, 2, EOS_ID]])
     np.testing.assert_allclose(scores[0], np.log([0.3, 0.27 * 0.9]), rtol=1e-5)
+
+
+def test_output_limits_are_the_source_length_plus_extra_within_the_maximum():
+    """The paper's "input length + 50" (§6.1): SOURCE's rows hold 5, 3 and 2 non-PAD tokens."""
+    np.testing.assert_array_equal(decoding.output_limits(SOURCE, 3, MAX_LEN), [7, 6, 5])
+    np.testing.assert_array_equal(decoding.output_limits(SOURCE, 50, 9), [9, 9, 9])
+
+
+def test_greedy_and_sampling_stop_each_example_at_its_own_limit():
+    """A decoder that never ends (token 3 for example 0, 4 for example 1): each output is
+    cut at its limit, PAD after it, as every output is at max_decode_length."""
+
+    def never_ending(tokens, step):
+        logits = jnp.full((2, 6), -5.0).at[0, 3].set(5.0).at[1, 4].set(5.0)
+        return logits, step + 1
+
+    limits = jnp.array([2, 4])
+    expected = [[3, 3, 0, 0, 0], [4, 4, 4, 4, 0]]
+    np.testing.assert_array_equal(
+        decoding.greedy_search(never_ending, jnp.array(0), 2, 5, max_lengths=limits), expected)
+    np.testing.assert_array_equal(
+        decoding.sample(never_ending, jnp.array(0), 2, 5, jax.random.key(0), top_k=1,
+                        max_lengths=limits), expected)
+
+
+def test_beam_search_with_a_limit_is_beam_search_cut_at_that_length():
+    """Two examples under the step table of the live-beam test (no EOS), limits 3 and 2:
+    example 0 gets what a search of length 3 gives (2 2 2 and 2 3 2), example 1 what a search
+    of length 2 gives (2 2 at .42 and 2 3 at .28), scored at length 2, then PAD."""
+    eos = 1e-12
+    model = _step_table_model([[0.0, eos, 0.7, 0.3], [0.0, eos, 0.6, 0.4],
+                               [0.0, eos, 0.8, 0.2]])
+    seqs, scores = jax.jit(lambda c: decoding.beam_search(
+        model, c, 2, 2, 3, alpha=0.6, max_lengths=jnp.array([3, 2])))(jnp.array(0))
+    np.testing.assert_array_equal(seqs[0], [[2, 2, 2], [2, 3, 2]])
+    np.testing.assert_array_equal(seqs[1], [[2, 2, 0], [2, 3, 0]])
+    penalty = lambda length: ((5.0 + length) / 6.0) ** 0.6  # noqa: E731
+    np.testing.assert_allclose(scores[0], np.log([0.336, 0.224]) / penalty(3), rtol=1e-5)
+    np.testing.assert_allclose(scores[1], np.log([0.42, 0.28]) / penalty(2), rtol=1e-5)
+
+
+def test_extra_length_cuts_greedy_decoding_at_each_source_length_plus_extra(model_and_params):
+    """``decode(extra_length=1)``: the same tokens as without a limit up to each example's
+    limit (6, 4 and 3 for SOURCE), PAD from there on."""
+    model, params = model_and_params
+    full = _decode(model, params, strategy="greedy")
+    limited = _decode(model, params, strategy="greedy", extra_length=1)
+    for row, limit in enumerate([6, 4, 3]):
+        np.testing.assert_array_equal(limited[row, :limit], full[row, :limit])
+        assert np.all(limited[row, limit:] == PAD_ID)
+    with pytest.raises(ValueError, match="extra_length=-1 must be >= 0"):
+        decoding.decode(model, params, SOURCE, max_decode_length=MAX_LEN, extra_length=-1)
