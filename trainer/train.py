@@ -170,6 +170,21 @@ def _start_from(pretrained: Any, initial: Any, shardings: Any, fingerprint: dict
     return {**initial, **jax.device_put(pretrained, {k: shardings[k] for k in pretrained})}
 
 
+def _pretrained_state(state: Any, pretrained: Any, tx: Any, shardings: Any,
+                      fingerprint: dict) -> Any:
+    """``state`` starting from ``pretrained`` (see ``_start_from``): a fresh optimizer state
+    and, when the state keeps a moving average, the average starting at the same parameters
+    in buffers of its own (the train step donates the state, and one buffer cannot be donated
+    twice)."""
+    params = _start_from(pretrained, state.params, shardings.params, fingerprint)
+    state = state.replace(params=params, opt_state=jax.jit(
+        tx.init, out_shardings=shardings.opt_state)(params))
+    if state.ema_params is not None:
+        state = state.replace(ema_params=jax.jit(
+            lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.ema_params)(params))
+    return state
+
+
 def model_flops_per_step(config, tx, schedule, train_step, state, batch, frozen) -> float:
     """The model FLOPs of one call of ``train_step(state, batch, frozen)``, for ``train/mfu``.
 
@@ -251,14 +266,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         # Shapes only: with FSDP over several hosts no process can read every parameter.
         pretrained = task.pretrained_params(abstract.params)
         if pretrained is not None:
-            params = _start_from(pretrained, state.params, shardings.params, fingerprint)
-            state = state.replace(params=params, opt_state=jax.jit(
-                tx.init, out_shardings=shardings.opt_state)(params))
-            if ema_decay > 0:  # the average starts at the pretrained parameters (a copy:
-                # the step donates the state, and one buffer cannot be donated twice)
-                state = state.replace(ema_params=jax.jit(
-                    lambda p: jax.tree.map(jnp.copy, p),
-                    out_shardings=shardings.ema_params)(params))
+            state = _pretrained_state(state, pretrained, tx, shardings, fingerprint)
         start_step = 0
         truncate_metrics(workdir, 0)
     else:

@@ -77,3 +77,28 @@ def test_turning_the_average_on_at_a_resume_is_refused_and_moves_nothing(tmp_pat
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     with pytest.raises(MissingAverageError, match="config.ema_decay=0"):
         restore_params(workdir, ema=True)
+
+
+def test_a_pretrained_start_gives_the_average_the_same_values_in_its_own_buffers():
+    """``config.init_checkpoint`` with ``ema_decay``: the average starts at the pretrained
+    parameters, and a donating step accepts the state (with both fields holding one buffer
+    it fails: "Attempt to donate the same buffer twice")."""
+    from trainer import partitioning
+    from trainer.train import _pretrained_state
+
+    task, tx = _QuadraticTask(), optax.adam(1e-3)
+    mesh = partitioning.make_mesh({"data": -1, "fsdp": 1})
+    state = init_state(task, tx, 0, None, ema=True)
+    shardings = partitioning.state_shardings(jax.eval_shape(lambda: state), mesh, 2**20)
+    state = jax.device_put(state, shardings)
+    pretrained = {"w": np.asarray([3.0, 4.0, 5.0], np.float32)}
+    started = _pretrained_state(state, pretrained, tx, shardings,
+                                params_fingerprint(state.params))
+    np.testing.assert_array_equal(started.params["w"], pretrained["w"])
+    np.testing.assert_array_equal(started.ema_params["w"], pretrained["w"])
+    step = jax.jit(make_train_step(task, tx, optax.constant_schedule(1e-3), ema_decay=0.9),
+                   donate_argnums=(0,))
+    after, _ = step(started, {"x": jnp.zeros(3)}, {})
+    np.testing.assert_allclose(after.ema_params["w"],
+                               0.9 * pretrained["w"] + 0.1 * np.asarray(after.params["w"]),
+                               rtol=1e-6)
