@@ -119,3 +119,38 @@ def test_an_fsdp_sharded_student_is_measured_as_a_replicated_one():
     spy = DeviceSpy(model)
     compression_report.measure_forward(spy, sharded, IMAGES, repeats=1)
     assert spy.devices and set(spy.devices) == {1}
+
+
+def test_the_report_divides_teacher_by_student_and_reads_each_accuracy(tmp_path, monkeypatch):
+    """The compression ratios are the teacher's parameters and FLOPs over the student's and
+    the student's throughput over the teacher's (all > 1 for a smaller, faster student); each
+    row's accuracy is its own entry of the final evaluation; the JSON file holds the report
+    returned. The measurements are given (a stub), so only the report's arithmetic runs."""
+    measured = {"student": dict(parameters=100, flops_per_example=2e3, examples_per_sec=400.0),
+                "teacher": dict(parameters=300, flops_per_example=8e3, examples_per_sec=100.0)}
+    monkeypatch.setattr(compression_report, "measure_forward",
+                        lambda model, params, inputs: dict(measured[model]))
+    final_eval = {"eval/accuracy": 0.75, "eval/teacher_accuracy": 0.875, "eval/agreement": 0.5}
+    report = compression_report.write_report(
+        str(tmp_path), {"student": ("student", None), "teacher": ("teacher", None)}, IMAGES,
+        final_eval, quality={"nn_agreement": 0.25})
+    assert report["compression"] == {"parameters": 3.0, "flops": 4.0, "speedup": 4.0}
+    assert report["models"]["student"]["accuracy"] == 0.75
+    assert report["models"]["teacher"]["accuracy"] == 0.875
+    assert report["top1_agreement"] == 0.5 and report["quality"] == {"nn_agreement": 0.25}
+    import json
+
+    with open(tmp_path / "compression_report.json") as f:
+        assert json.load(f) == report
+
+
+def test_latency_and_throughput_are_one_measurement_in_its_units():
+    """``latency_ms_per_batch`` is milliseconds for the whole batch and ``examples_per_sec``
+    the batch over that latency in seconds: the two agree, and the latency of a forward pass
+    of a tiny model is a plausible number of milliseconds (not seconds, not per example)."""
+    model = tiny_vit()
+    row = compression_report.measure_forward(model, init(model), IMAGES, repeats=3)
+    assert row["batch_size"] == len(IMAGES)
+    np.testing.assert_allclose(row["examples_per_sec"],
+                               len(IMAGES) / (row["latency_ms_per_batch"] / 1000.0), rtol=1e-9)
+    assert 1e-3 < row["latency_ms_per_batch"] < 1e4

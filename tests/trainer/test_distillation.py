@@ -124,6 +124,39 @@ def test_unlabelled_images_teach_through_the_teacher_only(digits_data_dir, teach
     assert np.abs(np.asarray(grad(flipped)) - reference).max() > 1e-4
 
 
+def test_mixup_of_labelled_and_unlabelled_images_mixes_the_label_weights():
+    """Mixup pairs each image with the batch reversed: here (0, 3) and (1, 2), one labelled
+    and one unlabelled per pair (label_weight [1, 0, 1, 0]). A mixed image's label weight is
+    its labelled part's share (lam or 1 - lam) and its target that part's label alone, whole
+    (the unlabelled part's label is never read); labelled with labelled, as without a transfer
+    set, gives weight 1 and the mixed one-hot targets. lam is read off the images (example i
+    is constant 10^i)."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("soft")
+    config.dataset.train_split, config.distill.unlabelled_split = "train[:10%]", "train[10%:]"
+    config.mixup.mixup_alpha, config.mixup.cutmix_alpha = 0.8, 0.0
+    task = create_task(config)
+    images = np.broadcast_to(10.0 ** np.arange(4)[:, None, None, None],
+                             (4, 8, 8, 1)).astype(np.float32)
+    labels = np.array([1, 2, 3, 4], np.int32)
+    mix = jax.jit(task._mixed_targets)  # one program: op by op, the Beta draw took seconds
+    for seed in (0, 1):
+        batch = {"image": images, "label": labels,
+                 "label_weight": np.array([1, 0, 1, 0], np.float32)}
+        mixed, targets, weights = (np.asarray(x) for x in mix(jax.random.key(seed), batch))
+        lam = (1000.0 - mixed[0, 0, 0, 0]) / 999.0  # image 0: lam * 1 + (1 - lam) * 1000
+        assert 0.02 < lam < 0.98, lam  # both parts present, else the check proves little
+        np.testing.assert_allclose(weights, [lam, 1 - lam, lam, 1 - lam], rtol=1e-4)
+        np.testing.assert_allclose(targets, np.eye(10)[[1, 3, 3, 1]], atol=1e-5)
+        batch["label_weight"] = np.ones(4, np.float32)
+        _, targets, weights = (np.asarray(x) for x in mix(jax.random.key(seed), batch))
+        np.testing.assert_allclose(weights, 1.0, rtol=1e-6)
+        np.testing.assert_allclose(targets, lam * np.eye(10)[labels]
+                                   + (1 - lam) * np.eye(10)[labels[::-1]], atol=1e-4)
+
+
 def test_unlabelled_split_needs_a_teacher_and_another_split(digits_data_dir, teacher_workdir):
     with pytest.raises(ValueError, match="unlabelled_split.*method='none'"):
         _transfer_task(teacher_workdir, digits_data_dir, "none")
@@ -372,6 +405,187 @@ def test_two_student_blocks_learn_from_teacher_blocks_1_and_3_of_4():
     np.testing.assert_allclose(metrics["attention_loss"], expected, rtol=RTOL)
     for wrong in ((0, 3), (1, 1), (1, 2), (0, 0)):
         assert abs(attention_loss(*wrong) - expected) > 10 * RTOL * expected, wrong
+
+
+def test_three_student_blocks_learn_from_teacher_blocks_1_2_3_of_4_with_their_weights():
+    """The documented map, block i to teacher block ceil((i + 1) L_t / L_s) - 1, for L_s=3 and
+    L_t=4 (which do not divide): [ceil(4/3), ceil(8/3), ceil(12/3)] - 1 = [1, 2, 3]; rounding
+    down gives [0, 1, 3]. The block outputs are made by hand (teacher block t's hidden states
+    all t + 1, the student's 0, so block pairs (i, t) cost (t + 1)^2 and the map is read off
+    the mean), fed to the task's terms without a forward pass. Each term is scaled by its own
+    weight (0.5 and 3, not the 1 of the other tests), and the attention term is MiniLM's
+    KL(teacher || student) between the last blocks, per head (2 heads each)."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config("soft")
+    for key, value in {**TEACHER, "num_layers": 4}.items():
+        config.distill.teacher_model[key] = value
+    config.model.num_layers = 3
+    config.distill.feature_weight, config.distill.attention_weight = 0.5, 3.0
+    task = create_task(config)
+    assert task.projection is None and task.model.num_prefix_tokens == 0  # GAP, same width
+    batch, tokens, width, heads = 2, 3, TEACHER["hidden_size"], TEACHER["num_heads"]
+    rng = np.random.default_rng(0)
+
+    def maps():
+        logits = rng.normal(size=(batch, heads, tokens, tokens))
+        return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    student = [(np.zeros((batch, tokens, width), np.float32), maps()) for _ in range(3)]
+    teacher = [(np.full((batch, tokens, width), t + 1.0, np.float32), maps()) for t in range(4)]
+    terms = task._feature_terms({}, student, teacher)
+
+    np.testing.assert_allclose(terms["feature_loss"], 0.5 * (2**2 + 3**2 + 4**2) / 3,
+                               rtol=1e-6)  # floor's [0, 1, 3]: 0.5 * (1 + 4 + 16) / 3
+    expected = _attention_kl(teacher[3][1], student[2][1])
+    np.testing.assert_allclose(terms["attention_loss"], 3.0 * expected, rtol=1e-5)
+    for wrong in (_attention_kl(student[2][1], teacher[3][1]),
+                  _attention_kl(teacher[3][1], student[0][1])):
+        assert abs(wrong - expected) > 1e-3 * expected
+
+
+class _GivenLogits:
+    """Stands in for a ViT: ``apply`` returns the logits held in its "parameters" (the
+    student's: a pair for the DeiT heads), so the loss is checked without a forward pass. A
+    teacher asked for training-mode outputs fails."""
+
+    image_size, num_channels = 8, 1
+
+    def __init__(self, teacher=False):
+        self.teacher = teacher
+
+    def apply(self, variables, images, train, rngs=None):
+        assert not (self.teacher and train), "the teacher runs with train=False"
+        return variables["params"]["logits"]
+
+
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "deit_token"])
+def test_logit_losses_follow_hinton_and_deit(method):
+    """The logit loss of each method against its paper's formula, in numpy, with
+    alpha = 0.3 and T = 2 (the configs' alpha = 0.5 cannot tell alpha from 1 - alpha):
+    soft (Hinton et al., 2015) mean((1 - alpha) CE(labels) + alpha T^2 KL(p_t^T || p_s^T));
+    hard (DeiT) mean(CE(labels) / 2 + CE(argmax teacher) / 2), alpha not read; deit_token
+    (DeiT) (1 - alpha) CE(class head, labels) + alpha CE(distillation head, argmax teacher),
+    whose agreement is the two heads' mean's. Each label term is scaled by the example's
+    label_weight (a transfer set's; fractions are what mixup makes of 0 and 1), the teacher
+    term not. The models are stubs returning given logits."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    config = distill_digits.get_config(method)
+    config.distill.alpha, config.distill.temperature = 0.3, 2.0
+    config.label_smoothing, config.mixup.mixup_alpha = 0.0, 0.0
+    task = create_task(config)
+    task.model, task.teacher = _GivenLogits(), _GivenLogits(teacher=True)
+    rng = np.random.default_rng(0)
+    batch = {"image": np.zeros((6, 8, 8, 1), np.float32),
+             "label": np.array([0, 1, 2, 3, 4, 5], np.int32),
+             "label_weight": np.array([1, 0.25, 0, 1, 0.5, 1], np.float32)}
+    student, dist, teacher = (2.0 * rng.normal(size=(6, 10)) for _ in range(3))
+    outputs = (student, dist) if method == "deit_token" else student
+    loss, metrics = jax.jit(task.loss)(  # one program: op by op compiled every op
+        {"logits": outputs}, batch, jax.random.key(0), {"teacher": {"logits": teacher}})
+
+    def cross_entropy(logits, labels):
+        return -_log_softmax(logits)[np.arange(6), labels]
+
+    alpha, t = 0.3, 2.0
+    labels, hard, w = batch["label"], teacher.argmax(-1), batch["label_weight"]
+    if method == "soft":
+        log_p_t, log_p_s = _log_softmax(teacher / t), _log_softmax(student / t)
+        kl = np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), -1)
+        expected = np.mean((1 - alpha) * w * cross_entropy(student, labels)
+                           + alpha * t**2 * kl)
+    elif method == "hard":
+        expected = np.mean(0.5 * w * cross_entropy(student, labels) + 0.5 * cross_entropy(
+            student, hard))
+    else:
+        expected = ((1 - alpha) * np.mean(w * cross_entropy(student, labels))
+                    + alpha * np.mean(cross_entropy(dist, hard)))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    inference = (student + dist) / 2 if method == "deit_token" else student
+    agreement = np.mean(inference.argmax(-1) == hard)
+    assert agreement != np.mean(student.argmax(-1) == hard) or method != "deit_token"
+    np.testing.assert_allclose(metrics["agreement"], agreement, rtol=1e-6)
+
+
+def test_evaluation_counts_teacher_accuracy_and_agreement_over_real_examples():
+    """Evaluation's teacher figures, by hand: 4 examples, the last padding (mask 0), where
+    both models are right. Over the 3 real ones the student is right once (example 0), the
+    teacher twice (0 and 1), and they agree twice (0, and 2 where both are wrong): accuracy
+    1/3, teacher accuracy 2/3, agreement 2/3 (argmax against argmax, not the labels)."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    task = create_task(distill_digits.get_config("soft"))
+    task.model, task.teacher = _GivenLogits(), _GivenLogits(teacher=True)
+    labels = np.array([1, 2, 3, 4], np.int32)
+    student, teacher = np.eye(10)[[1, 5, 6, 4]], np.eye(10)[[1, 2, 6, 4]]
+    batch = {"image": np.zeros((4, 8, 8, 1), np.float32), "label": labels,
+             "mask": np.array([1, 1, 1, 0], np.float32)}
+    sums = jax.jit(task.eval_sums)({"logits": student}, batch, {"teacher": {"logits": teacher}})
+    np.testing.assert_allclose(sums["accuracy"], [1, 3])
+    np.testing.assert_allclose(sums["teacher_accuracy"], [2, 3])
+    np.testing.assert_allclose(sums["agreement"], [2, 3])
+
+
+def test_a_teacher_of_twice_the_resolution_sees_the_batch_resized_bilinearly():
+    """A 16x16 teacher of an 8x8 student sees the batch upsampled bilinearly (half-pixel
+    centres, as jax.image.resize and TF2): on a ramp image (pixel value = column), output
+    column j is the ramp at (j + 1/2) / 2 - 1/2, clamped to the edges [0, 7]; nearest
+    neighbour would give the steps floor((j + 1/2) / 2)."""
+    from configs import distill_digits
+    from trainer.tasks import create_task
+
+    seen = []
+
+    class Teacher(_GivenLogits):
+        image_size = 16
+
+        def apply(self, variables, images, train, rngs=None):
+            seen.append(np.asarray(images))
+            return np.zeros((images.shape[0], 10), np.float32)
+
+    task = create_task(distill_digits.get_config("soft"))
+    task.teacher = Teacher(teacher=True)
+    ramp = np.broadcast_to(np.arange(8.0, dtype=np.float32)[None, None, :, None], (2, 8, 8, 1))
+    task.teacher_logits({"teacher": {}}, ramp)
+    assert seen[0].shape == (2, 16, 16, 1)
+    expected = np.clip((np.arange(16) + 0.5) / 2 - 0.5, 0, 7)
+    np.testing.assert_allclose(seen[0][1, 5, :, 0], expected, atol=1e-5)
+
+
+def test_the_compression_report_measures_the_student_without_its_projection(monkeypatch):
+    """The feature projection is trained in the student's state but is not part of the
+    student: the report (its parameter count) gets the student's parameters without it, and
+    the teacher's with inputs at the teacher's resolution. Flax ignores an extra top-level
+    parameter in ``apply``, so only the count would show a projection left in."""
+    from configs import distill_digits
+    from trainer import compression_report
+    from trainer.tasks import create_task
+    from trainer.tasks.distillation import PROJECTION
+
+    config = distill_digits.get_config("soft")
+    config.model.hidden_size, config.distill.feature_weight = 16, 1.0
+    config.distill.teacher_model.image_size = 16
+    config.distill.teacher_model.patch_size = 4  # the student's 4x4 patch grid
+    task = create_task(config)
+    assert task.projection is not None
+    captured = {}
+    monkeypatch.setattr(compression_report, "write_report",
+                        lambda workdir, models, images, final_eval: captured.update(models))
+    params = {"Transformer": {"w": np.zeros(2)}, PROJECTION: {"kernel": np.zeros((16, 32))}}
+    task.on_train_end(params, {"teacher": {"t": np.zeros(3)}}, "unused", {})
+    assert captured["student"][1] == {"Transformer": {"w": params["Transformer"]["w"]}}
+    assert captured["teacher"][1] == {"t": captured["teacher"][1]["t"]}
+    assert captured["teacher"][2].shape[1:] == (16, 16, 1)
 
 
 def test_deit_token_student_and_class_token_teacher_compare_patch_tokens_only():

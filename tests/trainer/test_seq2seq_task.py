@@ -221,3 +221,68 @@ def test_overlong_pairs_are_dropped_from_training_and_kept_in_evaluation(monkeyp
     assert sum(int(b["mask"].sum()) for b in evaluated) == len(pairs)
     # The long pairs are there, cut to 16 tokens with EOS last.
     assert sum(int((b["targets"][:, -1] == text.EOS_ID).sum()) for b in evaluated) == 4
+
+
+class _LogitsSpy:
+    """The task's model, recording the logits of every ``apply``."""
+
+    def __init__(self, model):
+        self.model, self.logits = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def apply(self, *args, **kwargs):
+        self.logits.append(self.model.apply(*args, **kwargs))
+        return self.logits[-1]
+
+
+def test_a_packed_row_gives_each_example_its_unpacked_loss():
+    """Two examples packed in one row (grain's keys: segment ids and positions restarting at 0
+    per example) have the token losses they have each in a row of its own, so the task's loss
+    is the same too. The inputs (4 and 3 tokens) and targets (3 and 5) have different lengths:
+    the inputs' positions taken from the targets' (or none at all) move the second example's
+    encoder positions and change its losses."""
+    config = tiny_seq2seq_config(pack_examples=True, label_smoothing=0.0)
+    config.model.dropout_rate = config.model.attention_dropout_rate = 0.0
+    task = create_task(config)
+    length = task.max_length
+    examples = [([5, 6, 7, 1], [7, 6, 1]), ([3, 4, 1], [9, 8, 10, 11, 1])]
+
+    def row(*sequences):
+        return np.array([sum(sequences, []) + [0] * (length - sum(map(len, sequences)))],
+                        np.int32)
+
+    unpacked = {key: np.concatenate([row(example[i]) for example in examples])
+                for i, key in enumerate(("inputs", "targets"))}
+    packed = {}
+    for i, key in enumerate(("inputs", "targets")):
+        sequences = [example[i] for example in examples]
+        packed[key] = row(*sequences)
+        packed[f"{key}_segment_ids"] = row(*([n + 1] * len(s) for n, s in enumerate(sequences)))
+        packed[f"{key}_positions"] = row(*(list(range(len(s))) for s in sequences))
+    assert not np.array_equal(packed["inputs_positions"], packed["targets_positions"])
+    # Random values of the initialisers' shapes: compiling the initialisers took seconds.
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype),
+                          jax.eval_shape(task.init_params, jax.random.key(0), unpacked))
+    task.model = spy = _LogitsSpy(task.model)
+
+    @jax.jit  # one program for both layouts: op by op (or two programs) took seconds
+    def losses_and_logits(unpacked, packed):
+        return [(task.loss(params, batch, jax.random.key(1), {})[0], spy.logits[-1])
+                for batch in (unpacked, packed)]
+
+    (unpacked_loss, unpacked_logits), (packed_loss, packed_logits) = losses_and_logits(
+        unpacked, packed)
+
+    def token_losses(logits, targets):
+        logits = np.asarray(logits, np.float64)
+        log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+
+    alone = token_losses(unpacked_logits, unpacked["targets"])
+    together = token_losses(packed_logits, packed["targets"])[0]
+    np.testing.assert_allclose(together[:3], alone[0, :3], rtol=1e-5)
+    np.testing.assert_allclose(together[3:8], alone[1, :5], rtol=1e-5)
+    np.testing.assert_allclose(packed_loss, unpacked_loss, rtol=1e-5)
