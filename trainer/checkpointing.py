@@ -305,7 +305,11 @@ def abstract_with_shardings(state: Any, shardings: Any) -> Any:
 
 def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
     """The parameters (as numpy; with ``ema``, their moving average) and meta of the
-    checkpoint directory ``path``."""
+    checkpoint directory ``path``.
+
+    Only that subtree is read (orbax's partial restore): the optimizer state, twice the
+    parameters' size with Adam, stays on disk.
+    """
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
         os.path.join(path, "meta"), args=ocp.args.JsonRestore())
     state_path = os.path.join(path, "state")
@@ -313,16 +317,19 @@ def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
     metadata = checkpointer.metadata(state_path)
     tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", metadata)
     tree = getattr(tree, "tree", tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(state_path,
-                                 args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    if not ema:
-        return state["params"], meta
-    if state.get("ema_params") is None:
-        raise MissingAverageError(
-            f"the checkpoint {path} holds no moving average of the parameters: its run had "
-            "config.ema_decay=0; read its parameters without ema=True")
-    return state["ema_params"], meta
+    key = "ema_params" if ema else "params"
+    if tree.get(key) is None:
+        if ema:
+            raise MissingAverageError(
+                f"the checkpoint {path} holds no moving average of the parameters: its run "
+                "had config.ema_decay=0; read its parameters without ema=True")
+        raise KeyError(f"the checkpoint {path} holds no 'params' (its state has "
+                       f"{sorted(tree)})")
+    wanted = {key: tree[key]}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    state = checkpointer.restore(state_path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True))
+    return state[key], meta
 
 
 class MissingAverageError(ValueError):
