@@ -102,10 +102,34 @@ def _apply(dataset: Any, transforms: Sequence[Any]) -> Any:
         elif isinstance(transform, grain.transforms.Filter):
             # A MapDataset holds None where the filter rejects an example; to_iter_dataset
             # skips those.
-            dataset = dataset.filter(transform)
+            dataset = dataset.filter(_RejectionGuard(transform))
         else:
             dataset = dataset.map(transform)
     return dataset
+
+
+class _RejectionGuard(grain.transforms.Filter):
+    """A filter that raises, naming itself, once it has rejected ``limit`` examples in a row.
+
+    Why not grain's own check alone (``filter_raise_threshold_ratio``, set on the training
+    stream): its message names a prefetch iterator, not the filter nor the setting that
+    rejects everything (a ``max_length`` shorter than every sentence, say). A filter's
+    ``rejection_hint``, when it has one, ends the message. With prefetch threads the order of
+    calls is approximate, so "in a row" is too; grain's check stays as the backstop.
+    """
+
+    def __init__(self, inner: grain.transforms.Filter, limit: int = 1000) -> None:
+        self.inner, self.limit, self._rejected_in_a_row = inner, limit, 0
+
+    def filter(self, element: Any) -> bool:
+        kept = bool(self.inner.filter(element))
+        self._rejected_in_a_row = 0 if kept else self._rejected_in_a_row + 1
+        if self._rejected_in_a_row >= self.limit:
+            hint = getattr(self.inner, "rejection_hint", "")
+            raise ValueError(f"the training filter {self.inner!r} rejected {self.limit} "
+                             f"examples in a row: it keeps (almost) nothing of this dataset"
+                             + (f"; {hint}" if hint else ""))
+        return kept
 
 
 def _filters(transforms: Sequence[Any]) -> list[Any]:

@@ -132,8 +132,18 @@ class DropLongerThan(grain.transforms.Filter):
     """Keeps an example only if each of ``keys`` holds at most ``max_length`` tokens up to its
     last non-padding one (EOS included), as Flax's WMT example's ``length_filter`` does."""
 
-    def __init__(self, max_length: int, keys: Sequence[str] = ("inputs", "targets")) -> None:
-        self.max_length, self.keys = max_length, tuple(keys)
+    def __init__(self, max_length: int, keys: Sequence[str] = ("inputs", "targets"),
+                 setting: str = "max_length") -> None:
+        # ``setting``: the config field that sets ``max_length``, named when nothing fits.
+        self.max_length, self.keys, self.setting = max_length, tuple(keys), setting
+
+    def __repr__(self) -> str:
+        return f"DropLongerThan(max_length={self.max_length}, keys={self.keys})"
+
+    @property
+    def rejection_hint(self) -> str:
+        return (f"each of {list(self.keys)} must hold at most {self.max_length} tokens, EOS "
+                f"included; raise {self.setting}={self.max_length} or check the tokenizer")
 
     def filter(self, example: dict[str, np.ndarray]) -> bool:
         # Trailing zeros are padding: a zero-padded [max_length] array that fits is kept.

@@ -234,11 +234,48 @@ def test_filtered_training_batches_are_full_resumable_and_split_over_hosts():
 def test_a_filter_is_refused_in_evaluation_and_one_keeping_nothing_raises():
     with pytest.raises(ValueError, match="evaluation keeps every example.*_KeepEven"):
         next(make_eval_batches(RangeSource(8), global_batch_size=4, transforms=[_KeepEven()]))
-    # The stream is endless: a filter that rejects everything used to loop forever.
+    # The stream is endless: a filter that rejects everything used to loop forever. It now
+    # raises, naming the filter (grain's own message named a prefetch iterator).
     iterator = iter(make_train_loader(RangeSource(8), global_batch_size=4,
                                       transforms=[_KeepNone()]))
-    with pytest.raises(ValueError, match="skipped 100.00 %"):
+    with pytest.raises(ValueError, match="training filter .*_KeepNone.* rejected 1000 "
+                                         "examples in a row"):
         next(iterator)
+
+
+@pytest.mark.parametrize("pack_length", [None, 12])
+def test_a_length_filter_keeping_nothing_names_the_setting_to_raise(pack_length):
+    """seq2seq training with a max_length shorter than every pair: the error says which
+    config field to raise, with or without packing."""
+    from input_pipeline.text import DropLongerThan
+
+    class Long:
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):  # 7 tokens ending with EOS (1), then padding
+            return {"inputs": np.array([5, 6, 7, 8, 9, 4, 1, 0], np.int32),
+                    "targets": np.array([3, 1, 0, 0, 0, 0, 0, 0], np.int32)}
+
+    keep_short = DropLongerThan(6, setting="config.dataset.max_length")
+    assert not keep_short.filter(Long()[0]) and DropLongerThan(7).filter(Long()[0])
+    iterator = iter(make_train_loader(Long(), global_batch_size=2, transforms=[keep_short],
+                                      pack_length=pack_length))
+    with pytest.raises(ValueError, match=r"DropLongerThan\(max_length=6.*at most 6 tokens, EOS "
+                                         r"included; raise config.dataset.max_length=6"):
+        next(iterator)
+    # A filter that keeps some examples is never stopped, however few it keeps.
+    rare = iter(make_train_loader(RangeSource(2000), global_batch_size=2,
+                                  transforms=[_KeepOneIn(700)]))
+    assert all(int(x) % 700 == 0 for _ in range(3) for x in next(rare)["x"])
+
+
+class _KeepOneIn(grain.transforms.Filter):
+    def __init__(self, n):
+        self.n = n
+
+    def filter(self, example):
+        return int(example["x"]) % self.n == 0
 
 
 class ImageSource:

@@ -83,6 +83,9 @@ class Seq2SeqTask(Task):
             self.max_length = max_len + 2
         else:
             self.max_length = config.dataset.get("max_length", self.model.max_length)
+        # The field a user raises when the training filter keeps no pair (text datasets).
+        self._max_length_field = ("config.dataset.max_length" if "max_length" in config.dataset
+                                  else "config.model.max_length")
         if self.max_length > self.model.max_length:
             raise ValueError(
                 f"examples of {self.max_length} tokens exceed config.model.max_length="
@@ -131,7 +134,8 @@ class Seq2SeqTask(Task):
         return [input_pipeline.text.TokenizeTranslation(
                     self._tokenize.tokenizer, dataset.source_key, dataset.target_key,
                     self.max_length, truncate=False),
-                input_pipeline.text.DropLongerThan(self.max_length)]
+                input_pipeline.text.DropLongerThan(self.max_length,
+                                                   setting=self._max_length_field)]
 
     def train_iterator(self, process_index: int, process_count: int):
         pack = self.max_length if self.config.get("pack_examples", False) else None
