@@ -59,6 +59,8 @@ def get_config(arg: str | None = "soft"):
         teacher_checkpoint="workdirs/digits_teacher",
         # An .npz teacher's position grid (height, width), when neither recorded nor square.
         teacher_checkpoint_grid=ml_collections.FieldReference(None, field_type=tuple),
+        # Read the teacher run's moving average (its config.ema_decay) instead.
+        teacher_ema=False,
         temperature=4.0,
         alpha=0.5,
         reduction="batchmean",

@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import grain
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -172,3 +175,52 @@ def test_the_moving_average_is_checkpointed_across_a_resume_and_evaluated(digits
         summary["final_eval"]["eval/loss"])
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f)["final_eval_ema"] == summary["final_eval_ema"]
+
+
+def _distillation_task(run_workdir, data_dir, teacher_checkpoint=None, **distill):
+    """A distillation task whose teacher is ``run_workdir``'s model, read from
+    ``teacher_checkpoint`` (default: that run)."""
+    from configs import distill_digits
+
+    config = distill_digits.get_config("soft")
+    config.dataset.data_dir = data_dir
+    config.distill.teacher_model = load_run_config(run_workdir).model
+    config.distill.teacher_checkpoint = teacher_checkpoint or run_workdir
+    # A fresh ConfigDict: the typed fields of distill_digits would refuse a wrong type first.
+    config.distill = ml_collections.ConfigDict({**config.distill.to_dict(), **distill})
+    return create_task(config)
+
+
+def test_a_distillation_teacher_can_be_its_runs_moving_average(digits_run, digits_data_dir,
+                                                              tmp_path):
+    """``config.distill.teacher_ema``: the teacher is the moving average its run kept, and a
+    resumed student keeps the choice it was trained with."""
+    workdir, _ = digits_run
+    average = checkpointing.restore_params(workdir, ema=True)
+    model = checkpointing.restore_params(workdir)
+    task = _distillation_task(workdir, digits_data_dir, teacher_ema=True)
+    teacher = task.frozen_variables()["teacher"]
+    jax.tree.map(np.testing.assert_array_equal, teacher, average)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, average, model)))
+    assert task.checkpoint_meta()["teacher"] == {"checkpoint": workdir, "step": 4, "ema": True}
+    # A student trained with the model itself as teacher resumes with it, not the average.
+    with pytest.raises(ValueError, match="teacher_ema=True, but the run being resumed was "
+                                         "trained with teacher_ema=False"):
+        task.resumed_frozen_variables({"teacher": {"checkpoint": workdir, "step": 4}})
+    plain = _distillation_task(workdir, digits_data_dir)
+    jax.tree.map(np.testing.assert_array_equal, plain.frozen_variables()["teacher"], model)
+
+    # A teacher without an average, and an .npz, are refused naming the setting.
+    without = str(tmp_path / "no_average")
+    checkpointer = checkpointing.Checkpointer(without, async_save=False)
+    checkpointer.save(4, {"step": np.int32(4), "params": model, "rng": np.zeros(2, np.uint32)},
+                      iter(grain.MapDataset.range(4).to_iter_dataset()), {})
+    checkpointer.close()
+    with pytest.raises(ValueError, match="teacher_ema=True, but the checkpoint .* holds no "
+                                         "moving average"):
+        _distillation_task(workdir, digits_data_dir, without, teacher_ema=True).frozen_variables()
+    with pytest.raises(ValueError, match="teacher_ema=True.*is an .npz"):
+        _distillation_task(workdir, digits_data_dir, str(tmp_path / "teacher.npz"),
+                           teacher_ema=True).frozen_variables()
+    with pytest.raises(ValueError, match="teacher_ema='yes' must be True or False"):
+        _distillation_task(workdir, digits_data_dir, teacher_ema="yes")

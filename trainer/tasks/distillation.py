@@ -18,7 +18,9 @@ teacher's argmax, DeiT's best; ``"soft"``, T²·KL averaged over B·K elements; 
 teacher term); ``teacher_model`` (a ``config.model``-like ViT
 description); ``teacher_checkpoint`` — a workdir of this project (orbax) or an official-layout
 ``.npz`` (``teacher_checkpoint_grid``: its position grid when not recorded and not square,
-as ``config.init_checkpoint_grid``); ``unlabelled_split`` (optional) — more training images
+as ``config.init_checkpoint_grid``); ``teacher_ema`` — read a workdir teacher's moving
+average of its parameters (its run's ``config.ema_decay``, timm's model EMA) instead of
+the parameters themselves; ``unlabelled_split`` (optional) — more training images
 whose labels are never read: the student sees them with ``dataset.train_split`` in one
 shuffled stream and learns them from the teacher alone (a transfer set, Hinton et al., 2015;
 function matching, Beyer et al., 2022): their label terms are weighted 0 (``distill.losses``,
@@ -121,13 +123,19 @@ def _check_logit_options(options: Any) -> None:
 
 
 def load_teacher_params(path: str, model: vit.VisionTransformer,
-                        step: int | None = None,
-                        grid: tuple[int, int] | None = None) -> tuple[Any, int | None]:
+                        step: int | None = None, grid: tuple[int, int] | None = None,
+                        ema: bool = False) -> tuple[Any, int | None]:
     """A teacher's parameters and the checkpoint step they are from (None for an ``.npz``):
-    from a workdir (its newest readable orbax checkpoint, or ``step``) or an ``.npz`` (whose
-    position grid is ``grid`` when given, see ``vit.load_pretrained``). Raises naming
-    ``config.distill.teacher_model`` when they are not of that model."""
+    from a workdir (its newest readable orbax checkpoint, or ``step``; with ``ema`` the
+    moving average that checkpoint holds) or an ``.npz`` (whose position grid is ``grid``
+    when given, see ``vit.load_pretrained``). Raises naming ``config.distill.teacher_model``
+    when they are not of that model."""
     if path.endswith(".npz"):
+        if ema:
+            raise ValueError(
+                f"config.distill.teacher_ema=True, but config.distill.teacher_checkpoint="
+                f"{path!r} is an .npz, which holds one set of parameters; teacher_ema reads "
+                "a workdir trained with config.ema_decay > 0")
         # A frozen teacher must bring its own head: a fresh one would make it uniform.
         return vit.load_pretrained(path, model, checkpoint_grid=grid,
                                    allow_new_head=False), None
@@ -137,7 +145,10 @@ def load_teacher_params(path: str, model: vit.VisionTransformer,
             "with checkpoints/ (train the teacher first with trainer.main)")
     from trainer import checkpointing
 
-    params, step, _ = checkpointing.restore_params_with_meta(path, step)
+    try:
+        params, step, _ = checkpointing.restore_params_with_meta(path, step, ema=ema)
+    except checkpointing.MissingAverageError as error:
+        raise ValueError(f"config.distill.teacher_ema=True, but {error}") from error
     image = np.zeros((1, *_image_shape(model)), np.float32)
     expected = checkpointing.params_fingerprint(
         jax.eval_shape(model.init, jax.random.key(0), image)["params"])
@@ -195,6 +206,10 @@ class DistillationTask(ClassificationTask):
                              f"classes and the student {self.num_classes}: distillation "
                              "compares their logits class by class, so they must be equal")
         self._teacher_params, self._teacher_step = None, None
+        self.teacher_ema = options.get("teacher_ema", False)
+        if not isinstance(self.teacher_ema, bool):
+            raise ValueError(f"config.distill.teacher_ema={self.teacher_ema!r} must be True "
+                             "or False")
         self.teacher_grid = checkpoint_grid(options.get("teacher_checkpoint_grid"),
                                             "config.distill.teacher_checkpoint_grid")
         if self.feature_weight or self.attention_weight:
@@ -261,7 +276,8 @@ class DistillationTask(ClassificationTask):
             return {}
         if self._teacher_params is None:
             self._teacher_params, self._teacher_step = load_teacher_params(
-                self.options.teacher_checkpoint, self.teacher, grid=self.teacher_grid)
+                self.options.teacher_checkpoint, self.teacher, grid=self.teacher_grid,
+                ema=self.teacher_ema)
         return {"teacher": self._teacher_params}
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -269,12 +285,18 @@ class DistillationTask(ClassificationTask):
             return {}
         self.frozen_variables()
         return {"teacher": {"checkpoint": self.options.teacher_checkpoint,
-                            "step": self._teacher_step}}
+                            "step": self._teacher_step, "ema": self.teacher_ema}}
 
     def resumed_frozen_variables(self, meta: dict[str, Any]) -> Any:
         """The teacher of the checkpoint's run: the teacher's workdir may have gone on
         training since, and its newest step would switch teachers in the middle of a run."""
         saved = meta.get("teacher")
+        if saved and saved.get("ema", False) != self.teacher_ema:
+            # Checked before any teacher is read: the other one may not even exist.
+            raise ValueError(
+                f"config.distill.teacher_ema={self.teacher_ema}, but the run being resumed "
+                f"was trained with teacher_ema={saved.get('ema', False)}: resume with that "
+                "setting, or use a new workdir")
         frozen = self.frozen_variables()
         if not saved or saved.get("step") is None or saved["step"] == self._teacher_step:
             return frozen
@@ -287,7 +309,7 @@ class DistillationTask(ClassificationTask):
                      "this run was trained with", saved["checkpoint"], self._teacher_step,
                      saved["step"])
         self._teacher_params, self._teacher_step = load_teacher_params(
-            saved["checkpoint"], self.teacher, saved["step"])
+            saved["checkpoint"], self.teacher, saved["step"], ema=self.teacher_ema)
         return {"teacher": self._teacher_params}
 
     def teacher_logits(self, frozen: Any, images: jax.Array) -> jax.Array:
