@@ -303,6 +303,18 @@ def abstract_with_shardings(state: Any, shardings: Any) -> Any:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
+def read_meta(workdir: str, step: int) -> dict:
+    """The meta a workdir's checkpoint at ``step`` was saved with (``params_fingerprint``, a
+    distillation teacher's checkpoint and step, ...), without reading its arrays."""
+    return _read_meta(os.path.join(os.path.abspath(workdir), "checkpoints", str(step)))
+
+
+def _read_meta(path: str) -> dict:
+    """The meta of the checkpoint directory ``path``."""
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(path, "meta"), args=ocp.args.JsonRestore())
+
+
 def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
     """The parameters (as numpy; with ``ema``, their moving average) and meta of the
     checkpoint directory ``path``.
@@ -310,8 +322,7 @@ def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
     Only that subtree is read (orbax's partial restore): the optimizer state, twice the
     parameters' size with Adam, stays on disk.
     """
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-        os.path.join(path, "meta"), args=ocp.args.JsonRestore())
+    meta = _read_meta(path)
     state_path = os.path.join(path, "state")
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(state_path)

@@ -39,8 +39,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def run_params(workdir: str, step: int | None = None, ema: bool = False,
-               average_last: int = 1) -> tuple[Any, str]:
-    """The parameters of a run's checkpoint as numpy, and words saying which ones."""
+               average_last: int = 1) -> tuple[Any, str, int]:
+    """The parameters of a run's checkpoint as numpy, words saying which ones, and the step
+    of the checkpoint read (of an average, the newest)."""
     if average_last != 1 and (ema or step is not None):
         raise ValueError(f"average_last={average_last} (--average_last) averages the newest "
                          "checkpoints' parameters: it cannot be combined with --ema or --step")
@@ -53,10 +54,29 @@ def run_params(workdir: str, step: int | None = None, ema: bool = False,
                              f"holds the checkpoints {steps} only")
         steps = steps[-average_last:]
         return (checkpointing.average_params(workdir, steps),
-                f"the mean of the checkpoints at steps {steps} of {workdir}")
+                f"the mean of the checkpoints at steps {steps} of {workdir}", steps[-1])
     params, found, _ = checkpointing.restore_params_with_meta(workdir, step, ema)
     what = "the moving average of the parameters" if ema else "the parameters"
-    return params, f"{what} of the checkpoint at step {found} of {workdir}"
+    return params, f"{what} of the checkpoint at step {found} of {workdir}", found
+
+
+def evaluate_run(workdir: str, config: ml_collections.ConfigDict | None = None,
+                 step: int | None = None, ema: bool = False,
+                 average_last: int = 1) -> tuple[dict[str, float], str]:
+    """``(eval metrics, words saying which parameters)`` of a run's checkpoint (see
+    ``run_params``), with ``config`` or the run's own.
+
+    The task's frozen variables are those the checkpoint was trained with: a distillation
+    student's teacher at the step recorded in the checkpoint, not the teacher run's newest
+    (which may have trained on since), as a resumed run would have them.
+    """
+    from trainer.tasks import create_task
+
+    config = config or load_run_config(workdir)
+    params, source, found = run_params(workdir, step, ema, average_last)
+    task = create_task(config)
+    frozen = task.resumed_frozen_variables(checkpointing.read_meta(workdir, found))
+    return evaluate_params(config, params, task, frozen), source
 
 
 def init_checkpoint_params(config: ml_collections.ConfigDict, task: Any) -> tuple[Any, str]:
@@ -78,10 +98,11 @@ def init_checkpoint_params(config: ml_collections.ConfigDict, task: Any) -> tupl
     return params, f"config.init_checkpoint={path}"
 
 
-def evaluate_params(config: ml_collections.ConfigDict, params: Any,
-                    task: Any = None) -> dict[str, float]:
+def evaluate_params(config: ml_collections.ConfigDict, params: Any, task: Any = None,
+                    frozen: Any = None) -> dict[str, float]:
     """The ``eval/*`` metrics of ``params`` on ``config``'s evaluation split, over every
-    device and host (the parameters placed as training places them)."""
+    device and host (the parameters placed as training places them). ``frozen``: the task's
+    frozen variables (a distillation teacher), by default ``task.frozen_variables()``."""
     from trainer.steps import make_eval_step
     from trainer.tasks import create_task
     from trainer.train import evaluate_with_generation
@@ -103,7 +124,8 @@ def evaluate_params(config: ml_collections.ConfigDict, params: Any,
                                       partitioning.replicated(mesh)),
                         out_shardings=partitioning.replicated(mesh),
                         compiler_options=xla_cpu.compiler_options())
-    frozen = jax.device_put(task.frozen_variables(), partitioning.replicated(mesh))
+    frozen = task.frozen_variables() if frozen is None else frozen
+    frozen = jax.device_put(frozen, partitioning.replicated(mesh))
     return evaluate_with_generation(task, eval_step, jax.device_put(params, shardings), frozen,
                                     mesh, jax.process_index(), jax.process_count())
 
@@ -120,8 +142,8 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.workdir:
         config = FLAGS.config or load_run_config(FLAGS.workdir)
-        params, source = run_params(FLAGS.workdir, FLAGS.step, FLAGS.ema, FLAGS.average_last)
-        task = create_task(config)
+        metrics, source = evaluate_run(FLAGS.workdir, config, FLAGS.step, FLAGS.ema,
+                                       FLAGS.average_last)
     else:
         if FLAGS.config is None:
             raise app.UsageError("give --workdir=DIR, or --config=FILE with "
@@ -131,7 +153,7 @@ def main(argv: list[str]) -> None:
                                  "they need --workdir")
         config, task = FLAGS.config, create_task(FLAGS.config)
         params, source = init_checkpoint_params(config, task)
-    metrics = evaluate_params(config, params, task)
+        metrics = evaluate_params(config, params, task)
     result = {"parameters": source, "dataset": config.dataset.name,
               "split": config.dataset.eval_split, **metrics}
     if jax.process_index() == 0:

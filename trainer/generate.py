@@ -124,7 +124,7 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     max_length = model.max_length
     max_decode_length = options.pop("max_decode_length", 0) or max_length
     decoding.check_max_decode_length(max_decode_length, model)  # before the restore
-    params, _ = evaluate.run_params(workdir, average_last=average_last)
+    params, _, _ = evaluate.run_params(workdir, average_last=average_last)
     codec = LineCodec(config, max_length, config.model.vocab_size)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(

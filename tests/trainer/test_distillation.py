@@ -704,7 +704,7 @@ def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, 
                        teacher)  # the teacher's run goes on from step 4 to 6
     train_and_evaluate(student_config(), student)
     _, step, meta = restore_params_with_meta(student)
-    assert step == 6 and meta["teacher"] == {"checkpoint": teacher, "step": 4}
+    assert step == 6 and meta["teacher"] == {"checkpoint": teacher, "step": 4, "ema": False}
 
     frozen = create_task(student_config()).resumed_frozen_variables(meta)["teacher"]
     pinned, newest = restore_params(teacher, 4), restore_params(teacher)
@@ -712,6 +712,17 @@ def test_a_resumed_student_keeps_the_teacher_step_it_was_trained_with(tmp_path, 
         np.testing.assert_array_equal(got, want)
     assert any(not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(pinned), jax.tree.leaves(newest), strict=True))
+
+    # trainer.evaluate reads the student with that teacher too: its teacher metrics are the
+    # run's final ones (with the teacher's newest step the agreement differed).
+    from trainer.evaluate import evaluate_run
+
+    metrics, source = evaluate_run(student)
+    assert source == f"the parameters of the checkpoint at step 6 of {student}"
+    final = json.loads((tmp_path / "student" / "summary.json").read_text())["final_eval"]
+    assert set(metrics) == set(final)
+    for key, value in final.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
 
 

@@ -51,17 +51,17 @@ def test_a_runs_checkpoints_evaluate_as_the_run_evaluated_them(digits_run):
     ``eval_ema/*``, through the config the run saved."""
     workdir, summary = digits_run
     config = load_run_config(workdir)
-    params, source = run_params(workdir)
-    assert source == f"the parameters of the checkpoint at step 4 of {workdir}"
+    params, source, step = run_params(workdir)
+    assert source == f"the parameters of the checkpoint at step 4 of {workdir}" and step == 4
     _assert_metrics_equal(evaluate_params(config, params), summary["final_eval"])
-    average, source = run_params(workdir, ema=True)
+    average, source, _ = run_params(workdir, ema=True)
     assert source.startswith("the moving average of the parameters of the checkpoint at step 4")
     _assert_metrics_equal(evaluate_params(config, average), summary["final_eval_ema"],
                           prefix="eval_ema/")
-    third, source = run_params(workdir, step=3)
-    assert source == f"the parameters of the checkpoint at step 3 of {workdir}"
-    mean, source = run_params(workdir, average_last=2)
-    assert source == f"the mean of the checkpoints at steps [3, 4] of {workdir}"
+    third, source, step = run_params(workdir, step=3)
+    assert source == f"the parameters of the checkpoint at step 3 of {workdir}" and step == 3
+    mean, source, step = run_params(workdir, average_last=2)
+    assert source == f"the mean of the checkpoints at steps [3, 4] of {workdir}" and step == 4
     np.testing.assert_allclose(mean["head"]["bias"],
                                (third["head"]["bias"] + params["head"]["bias"]) / 2, rtol=1e-6)
     with pytest.raises(ValueError, match=r"holds the checkpoints \[1, 2, 3, 4\] only"):
@@ -204,8 +204,8 @@ def test_a_distillation_teacher_can_be_its_runs_moving_average(digits_run, digit
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, average, model)))
     assert task.checkpoint_meta()["teacher"] == {"checkpoint": workdir, "step": 4, "ema": True}
     # A student trained with the model itself as teacher resumes with it, not the average.
-    with pytest.raises(ValueError, match="teacher_ema=True, but the run being resumed was "
-                                         "trained with teacher_ema=False"):
+    with pytest.raises(ValueError, match="teacher_ema=True, but the checkpoint being resumed "
+                                         "or evaluated was trained with teacher_ema=False"):
         task.resumed_frozen_variables({"teacher": {"checkpoint": workdir, "step": 4}})
     plain = _distillation_task(workdir, digits_data_dir)
     jax.tree.map(np.testing.assert_array_equal, plain.frozen_variables()["teacher"], model)

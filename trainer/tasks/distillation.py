@@ -288,23 +288,25 @@ class DistillationTask(ClassificationTask):
                             "step": self._teacher_step, "ema": self.teacher_ema}}
 
     def resumed_frozen_variables(self, meta: dict[str, Any]) -> Any:
-        """The teacher of the checkpoint's run: the teacher's workdir may have gone on
-        training since, and its newest step would switch teachers in the middle of a run."""
+        """The teacher of the checkpoint's run, for a resumed run or ``trainer.evaluate``: the
+        teacher's workdir may have gone on training since, and its newest step would switch
+        teachers in the middle of a run."""
         saved = meta.get("teacher")
         if saved and saved.get("ema", False) != self.teacher_ema:
             # Checked before any teacher is read: the other one may not even exist.
             raise ValueError(
-                f"config.distill.teacher_ema={self.teacher_ema}, but the run being resumed "
-                f"was trained with teacher_ema={saved.get('ema', False)}: resume with that "
-                "setting, or use a new workdir")
+                f"config.distill.teacher_ema={self.teacher_ema}, but the checkpoint being "
+                f"resumed or evaluated was trained with teacher_ema={saved.get('ema', False)}"
+                ": use that setting, or a new workdir")
         frozen = self.frozen_variables()
         if not saved or saved.get("step") is None or saved["step"] == self._teacher_step:
             return frozen
         if saved["checkpoint"] != self.options.teacher_checkpoint:
             raise ValueError(
                 f"config.distill.teacher_checkpoint={self.options.teacher_checkpoint!r}, but the "
-                f"run being resumed was trained with the teacher {saved['checkpoint']!r} at step "
-                f"{saved['step']}: resume with that teacher_checkpoint, or use a new workdir")
+                f"checkpoint being resumed or evaluated was trained with the teacher "
+                f"{saved['checkpoint']!r} at step {saved['step']}: use that teacher_checkpoint, "
+                "or a new workdir")
         logging.info("the teacher %s is at step %s now; resuming with its step %s, which "
                      "this run was trained with", saved["checkpoint"], self._teacher_step,
                      saved["step"])
