@@ -1,10 +1,11 @@
 """Decode with a trained seq2seq model: one output line per input line.
 
   python -m trainer.generate --workdir=DIR [--input=FILE] [--strategy=beam --beam_size=4]
-      [--average_last=5]
+      [--average_last=5 | --step=S | --ema]
 
 Loads the run's config (``DIR/config.json``), its newest checkpoint (or, with
-``--average_last=N``, the mean of its newest N, as the paper's base model) and, for text
+``--average_last=N``, the mean of its newest N, as the paper's base model; ``--step`` for
+another checkpoint, ``--ema`` for its moving average of the parameters) and, for text
 datasets, its sentencepiece vocabulary; reads lines from ``--input`` (default: standard input)
 and prints one decoded line per input line. Synthetic-task runs read and write space-separated
 token ids. Lines longer than the model's maximum length are truncated with a warning, empty
@@ -46,6 +47,10 @@ flags.DEFINE_integer("extra_length", None, "Limit each output to its source's le
 flags.DEFINE_integer("average_last", 1, "Decode with the mean parameters of the run's newest "
                      "N checkpoints (the paper's base model: 5); 1: the newest alone.",
                      lower_bound=1)
+flags.DEFINE_integer("step", None, "Decode with the checkpoint of this step (default: the "
+                     "newest).")
+flags.DEFINE_bool("ema", False, "Decode with the checkpoint's moving average of the parameters "
+                  "(the run's config.ema_decay).")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -115,6 +120,7 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     """Yields one decoded line per input line (see the module docstring)."""
     batch_size = options.pop("batch_size", 32)
     average_last = options.pop("average_last", 1)
+    step, ema = options.pop("step", None), options.pop("ema", False)
     # Checked first, before the checkpoint is restored: a batch size of 0 or less would
     # otherwise end in a numpy broadcasting error when the first batch is padded.
     _check_positive(batch_size, "batch_size", "the number of lines decoded together")
@@ -124,7 +130,7 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     max_length = model.max_length
     max_decode_length = options.pop("max_decode_length", 0) or max_length
     decoding.check_max_decode_length(max_decode_length, model)  # before the restore
-    params, _, _ = evaluate.run_params(workdir, average_last=average_last)
+    params, _, _ = evaluate.run_params(workdir, step, ema, average_last)
     codec = LineCodec(config, max_length, config.model.vocab_size)
     seed = options.pop("seed", 0)
     run = jax.jit(lambda p, x, r: decoding.decode(
@@ -153,7 +159,8 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     stream = open(FLAGS.input) if FLAGS.input else sys.stdin  # noqa: SIM115
     options = dict(strategy=FLAGS.strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                   max_decode_length=FLAGS.max_decode_length, average_last=FLAGS.average_last)
+                   max_decode_length=FLAGS.max_decode_length, average_last=FLAGS.average_last,
+                   step=FLAGS.step, ema=FLAGS.ema)
     if FLAGS.extra_length is not None:
         options["extra_length"] = FLAGS.extra_length
     if FLAGS.strategy == "beam":

@@ -174,6 +174,30 @@ def test_generate_averages_the_newest_checkpoints_asked(seq2seq_workdir, monkeyp
         list(generate(seq2seq_workdir, lines, average_last=4))
 
 
+@pytest.mark.slow
+def test_generate_decodes_the_checkpoint_asked(seq2seq_workdir, monkeypatch):
+    """``--step=S`` decodes with that checkpoint's parameters; ``--ema`` with its moving
+    average, which this run did not keep."""
+    from trainer import checkpointing
+    from trainer.checkpointing import MissingAverageError, restore_params
+
+    lines = ["3 4 5", "6 7 8 9", "10 2"]
+    from_step_2 = list(generate(seq2seq_workdir, lines, step=2))
+    newest = list(generate(seq2seq_workdir, lines))
+    second = restore_params(seq2seq_workdir, 2)
+    monkeypatch.setattr(checkpointing, "restore_params_with_meta",
+                        lambda workdir, step, ema: (second, 4, {}))
+    assert list(generate(seq2seq_workdir, lines)) == from_step_2
+    monkeypatch.undo()
+    assert from_step_2 != newest  # two steps of training apart: other outputs
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 .*\[2, 3, 4\]"):
+        list(generate(seq2seq_workdir, lines, step=7))
+    with pytest.raises(MissingAverageError, match="config.ema_decay=0"):
+        list(generate(seq2seq_workdir, lines, ema=True))
+    with pytest.raises(ValueError, match="cannot be combined with --ema or --step"):
+        list(generate(seq2seq_workdir, lines, step=2, average_last=2))
+
+
 @pytest.mark.parametrize("average_last", [0, -2])
 def test_an_average_of_fewer_than_one_checkpoint_is_refused(tmp_path, average_last):
     with pytest.raises(ValueError, match=rf"average_last={average_last} \(--average_last\) "
