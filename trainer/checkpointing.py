@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath  # orbax's path type (orbax depends on etils)
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
@@ -325,7 +326,9 @@ def _read_params_and_meta(path: str, ema: bool = False) -> tuple[Any, dict]:
     meta = _read_meta(path)
     state_path = os.path.join(path, "state")
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(state_path)
+    # The handler's metadata, not the checkpointer's: that one looks for the step's own
+    # metadata file inside the item directory and warns on every read that it is missing.
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_path))
     tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", metadata)
     tree = getattr(tree, "tree", tree)
     key = "ema_params" if ema else "params"

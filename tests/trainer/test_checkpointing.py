@@ -274,9 +274,10 @@ def test_restore_params_with_meta_gives_the_step_and_meta_it_read(tmp_path):
         restore_params_with_meta(workdir, step=4)
 
 
-def test_restore_params_reads_the_parameters_alone(tmp_path, monkeypatch):
+def test_restore_params_reads_the_parameters_alone(tmp_path, monkeypatch, caplog):
     """Only the ``params`` subtree is read: the Adam moments, twice its size, stay on disk
-    (averaging the big WMT model's 20 checkpoints would otherwise read ~50 GB, not ~17)."""
+    (averaging the big WMT model's 20 checkpoints would otherwise read ~50 GB, not ~17). And
+    quietly: orbax warned about a missing metadata file on every read."""
     workdir = str(tmp_path / "run")
     _write(workdir, steps=(2,))
     read = []
@@ -288,9 +289,11 @@ def test_restore_params_reads_the_parameters_alone(tmp_path, monkeypatch):
         return tree
 
     monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", recording_restore)
-    params = restore_params(workdir)
+    with caplog.at_level(logging.WARNING):
+        params = restore_params(workdir)
     np.testing.assert_array_equal(params["dense"]["kernel"], np.full((3, 4), 2, np.float32))
     assert read == [["params"]]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_average_params_is_the_mean_of_the_steps_asked_in_the_parameters_dtype(tmp_path):
