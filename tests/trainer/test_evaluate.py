@@ -191,6 +191,7 @@ def _distillation_task(run_workdir, data_dir, teacher_checkpoint=None, **distill
     return create_task(config)
 
 
+@pytest.mark.slow
 def test_a_distillation_teacher_can_be_its_runs_moving_average(digits_run, digits_data_dir,
                                                               tmp_path):
     """``config.distill.teacher_ema``: the teacher is the moving average its run kept, and a
