@@ -4,9 +4,11 @@ Command:
   python -m trainer.main --config=configs/vit_finetune.py:cifar10 \
       --config.init_checkpoint=/path/to/ViT-B_16.npz --workdir=workdirs/ft_b16_cifar10
   (argument: cifar10, cifar100, imagenet2012, oxford_iiit_pet or oxford_flowers102)
-  Evaluate an official ImageNet-fine-tuned checkpoint as it is, without training:
+  Evaluate an official ImageNet-fine-tuned checkpoint as it is, without training, in float32
+  as vit_jax computes (this config trains in bfloat16, below):
   python -m trainer.evaluate --config=configs/vit_finetune.py:imagenet2012 \
-      --config.init_checkpoint=/path/to/ViT-B_16-imagenet2012-384.npz
+      --config.init_checkpoint=/path/to/ViT-B_16-imagenet2012-384.npz \
+      --config.mixed_precision=False
 
 Recipe (vision_transformer's vit_jax fine-tuning defaults): SGD momentum 0.9, global-norm
 clipping 1, batch 512 in 8 accumulation steps, linear warmup then cosine to 0, no weight decay,
@@ -17,7 +19,9 @@ Training images: the Inception crop of vit_jax/input_pipeline.py
 [-1, 1]; evaluation images are resized to 384 (aspect ratio not kept). CIFAR trains on
 ``train[:98%]``, as vit_jax's presets (2% held out). vit_jax resizes to float and never casts,
 while ``resize`` here truncates to uint8 before ``value_range``, so pixel values differ by less
-than one grey level. Other differences: momentum is kept in float32 (vit_jax: bfloat16); vit_jax
+than one grey level. Other differences: the model computes in bfloat16 with float32
+parameters (``mixed_precision``; vit_jax computes in float32: ``--config.mixed_precision=False``
+for that); momentum is kept in float32 (vit_jax: bfloat16); vit_jax
 has dataset presets only for CIFAR-10/100 and ImageNet (its README's CIFAR runs: 500 steps, 50
 of warmup, as here for CIFAR-10; its ImageNet preset, as here: 20,000 steps on
 ``train[:99%]``, 500 of warmup, evaluated on ``validation``), so the CIFAR-100 step count and
