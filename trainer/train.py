@@ -320,7 +320,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     # A resumed run's summary covers the evaluations before the restart too.
     last_eval, best_eval = eval_history(workdir, start_step)
     average_last = int(config.get("average_last_checkpoints", 1))
-    ema_eval, _ = eval_history(workdir, start_step, EMA_PREFIX)
+    ema_eval, best_ema_eval = eval_history(workdir, start_step, EMA_PREFIX)
     averaged_eval, _ = eval_history(workdir, start_step, AVERAGED_PREFIX)
     pending: list[dict[str, jax.Array]] = []
     pending_first_step = start_step
@@ -400,6 +400,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                                 task, eval_step, state.ema_params, frozen, mesh,
                                 process_index, process_count))
                             scalars.update(ema_eval)
+                            improve_best_eval(best_ema_eval, ema_eval)
                     if average_now:
                         averaged_eval = _evaluate_average(
                             checkpointer, average_last, writer, task, eval_step, shardings,
@@ -438,6 +439,7 @@ def _train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     }
     if ema_eval:
         summary["final_eval_ema"] = ema_eval
+        summary["best_eval_ema"] = best_ema_eval
     if averaged_eval:
         summary["final_eval_averaged"] = averaged_eval
     if report is not None:

@@ -173,8 +173,16 @@ def test_the_moving_average_is_checkpointed_across_a_resume_and_evaluated(digits
                                          if k.startswith("eval_ema/")}
     assert summary["final_eval_ema"]["eval_ema/loss"] != pytest.approx(
         summary["final_eval"]["eval/loss"])
+    # The best of each over both evaluations, the one before the restart included.
+    for key in ("eval_ema/loss", "eval_ema/accuracy"):
+        better = min if key.endswith("loss") else max
+        assert summary["best_eval_ema"][key] == better(r[key] for r in records)
+    assert set(summary["best_eval_ema"]) == set(summary["final_eval_ema"])
+    assert records[0]["eval_ema/loss"] != records[1]["eval_ema/loss"]
     with open(os.path.join(workdir, "summary.json")) as f:
-        assert json.load(f)["final_eval_ema"] == summary["final_eval_ema"]
+        saved = json.load(f)
+    assert saved["final_eval_ema"] == summary["final_eval_ema"]
+    assert saved["best_eval_ema"] == summary["best_eval_ema"]
 
 
 def _distillation_task(run_workdir, data_dir, teacher_checkpoint=None, **distill):
