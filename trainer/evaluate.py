@@ -18,6 +18,7 @@ where training would replace it. As timm's ``validate.py`` and the official ViT 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import sys
 from typing import Any
@@ -38,15 +39,23 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def check_checkpoint_choice(step: int | None, ema: bool, average_last: int) -> None:
+    """Raises ``ValueError`` for a choice of a run's parameters that ``run_params`` cannot
+    read; callers that read other files first (``trainer.generate``) call it before them."""
+    if (not isinstance(average_last, numbers.Integral) or isinstance(average_last, bool)
+            or average_last < 1):
+        raise ValueError(f"average_last={average_last!r} (--average_last) must be an integer "
+                         ">= 1: the number of newest checkpoints averaged")
+    if average_last != 1 and (ema or step is not None):
+        raise ValueError(f"average_last={average_last} (--average_last) averages the newest "
+                         "checkpoints' parameters: it cannot be combined with --ema or --step")
+
+
 def run_params(workdir: str, step: int | None = None, ema: bool = False,
                average_last: int = 1) -> tuple[Any, str, int]:
     """The parameters of a run's checkpoint as numpy, words saying which ones, and the step
     of the checkpoint read (of an average, the newest)."""
-    if average_last != 1 and (ema or step is not None):
-        raise ValueError(f"average_last={average_last} (--average_last) averages the newest "
-                         "checkpoints' parameters: it cannot be combined with --ema or --step")
-    if average_last < 1:
-        raise ValueError(f"average_last={average_last} (--average_last) must be >= 1")
+    check_checkpoint_choice(step, ema, average_last)
     if average_last > 1:
         steps = checkpointing.checkpoint_steps(workdir)
         if len(steps) < average_last:

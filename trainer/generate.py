@@ -124,7 +124,7 @@ def generate(workdir: str, lines: Iterable[str], **options) -> Iterator[str]:
     # Checked first, before the checkpoint is restored: a batch size of 0 or less would
     # otherwise end in a numpy broadcasting error when the first batch is padded.
     _check_positive(batch_size, "batch_size", "the number of lines decoded together")
-    _check_positive(average_last, "average_last", "the number of newest checkpoints averaged")
+    evaluate.check_checkpoint_choice(step, ema, average_last)
     config = load_run_config(workdir)
     model = build_transformer(config.model, config.model.vocab_size, jnp.float32)
     max_length = model.max_length
