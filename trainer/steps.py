@@ -62,6 +62,24 @@ def _split_micro_batches(batch: dict[str, jax.Array], accum_steps: int):
     return jax.tree.map(split, batch)
 
 
+def _micro_batch_scales(task: Task, micro_batches: dict[str, jax.Array], accum_steps: int):
+    """``[accum_steps]`` scale factors with mean 1 from ``task.loss_weight`` of each
+    micro-batch (a dict of them, one per loss term, when it returns a dict).
+
+    Equal weights give exactly 1.0, so the default (same-size micro-batches) stays the plain
+    mean of the micro-batches.
+    """
+
+    def normalise(weights: jax.Array) -> jax.Array:
+        weights = jnp.asarray(weights, jnp.float32)
+        return weights * accum_steps / jnp.maximum(jnp.sum(weights), 1e-12)
+
+    weights = jax.vmap(task.loss_weight)(micro_batches)
+    if isinstance(weights, dict):
+        return {name: normalise(w) for name, w in weights.items()}
+    return normalise(weights)
+
+
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     accum_steps: int = 1, ema_decay: float = 0.0):
     """``(state, batch, frozen) -> (state, metrics)``; metrics are float32 scalars.
@@ -72,7 +90,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
 
     With ``accum_steps > 1`` the batch is split into micro-batches whose losses, metrics and
     gradients are averaged with the weights ``task.loss_weight`` (the number of examples or
-    tokens each micro-batch's mean is over), so the update equals the one-batch update.
+    tokens each micro-batch's mean is over), so the update equals the one-batch update. A
+    task whose loss sums terms averaged over different counts (examples for one, tokens for
+    another) gives a weight per term, and each term is weighted by its own (see
+    ``Task.loss_weight``).
 
     ``metrics["nonfinite_state"]`` counts the NaN/Inf entries of the *updated* parameters and
     optimizer state: the loss only describes the parameters before the update, and the loop
@@ -83,22 +104,43 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
     def loss_and_grads(params, batch, rng, frozen):
         return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, frozen)
 
+    def scaled_loss_and_grads(params, micro, rng, frozen, scales):
+        """``(loss, metrics, gradients)`` of one micro-batch, each term times its scale."""
+
+        def objective(params):
+            loss, extra = task.loss(params, micro, rng, frozen)
+            if not isinstance(scales, dict):
+                scaled = loss * scales.astype(loss.dtype)
+                return scaled, (scaled, extra)
+            missing = sorted(set(scales) - set(extra))
+            if missing:
+                raise KeyError(f"{type(task).__name__}.loss_weight weighs the loss terms "
+                               f"{missing}, which its loss does not return among its metrics "
+                               f"{sorted(extra)}")
+            # The terms sum to the loss; each is rescaled by its own count's share.
+            scaled = sum(extra[name] * scale for name, scale in scales.items())
+            return scaled, (scaled, extra)
+
+        (_, (loss, extra)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        if isinstance(scales, dict):  # a term's metric by its weight, the rest by examples
+            extra = {name: value * jnp.asarray(scales.get(name, 1.0), value.dtype)
+                     for name, value in extra.items()}
+        else:
+            extra = jax.tree.map(lambda x: x * scales.astype(x.dtype), extra)
+        return loss, extra, grads
+
     def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if accum_steps == 1:
             (loss, extra), grads = loss_and_grads(state.params, batch, rng, frozen)
         else:
             micro_batches = _split_micro_batches(batch, accum_steps)
-            # [accum_steps] scale factors with mean 1: equal weights give exactly 1.0, so the
-            # default (same-size micro-batches) stays the plain mean of the micro-batches.
-            weights = jax.vmap(task.loss_weight)(micro_batches).astype(jnp.float32)
-            scales = weights * accum_steps / jnp.maximum(jnp.sum(weights), 1e-12)
+            scales = _micro_batch_scales(task, micro_batches, accum_steps)
 
             def accumulate(carry, inputs):
                 index, micro, scale = inputs
-                (loss, extra), grads = loss_and_grads(
-                    state.params, micro, jax.random.fold_in(rng, index), frozen)
-                scaled = jax.tree.map(lambda x: x * scale.astype(x.dtype), (loss, extra, grads))
+                scaled = scaled_loss_and_grads(state.params, micro,
+                                               jax.random.fold_in(rng, index), frozen, scale)
                 return jax.tree.map(jnp.add, carry, scaled), None
 
             zeros = jax.tree.map(

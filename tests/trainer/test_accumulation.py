@@ -37,11 +37,12 @@ def _relative_difference(a, b) -> float:
     return float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)) / optax.tree.norm(b))
 
 
-def _full_and_accumulated(task, tx, schedule, state, batch):
+def _full_and_accumulated(task, tx, schedule, state, batch, frozen=None):
     """``((update, metrics) of one step on the batch, the same with ACCUM_STEPS micro-batches)``."""
     results = []
     for accum_steps in (1, ACCUM_STEPS):
-        new, metrics = jax.jit(make_train_step(task, tx, schedule, accum_steps))(state, batch, {})
+        step = jax.jit(make_train_step(task, tx, schedule, accum_steps))
+        new, metrics = step(state, batch, {} if frozen is None else frozen)
         results.append((jax.tree.map(jnp.subtract, new.params, state.params), metrics))
     return results
 

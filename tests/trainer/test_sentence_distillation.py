@@ -31,6 +31,32 @@ def test_nearest_neighbour_agreement_by_hand():
             nearest_neighbour_agreement(teacher[:rows], -teacher[:rows])
 
 
+def _tiny_task_and_params(batch):
+    """The sentence task on tiny random encoders (a 2-block teacher, a 1-block student; loss
+    weights 1, 0.5 and 2 for the embedding, feature and attention terms), and random
+    ``(student, teacher)`` parameters for ``batch``'s shapes."""
+    import jax
+
+    from configs import distill_minilm
+    from trainer.tasks import create_task
+
+    task = create_task(distill_minilm.get_config())
+    sizes = dict(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=16, max_position_embeddings=8)
+    task.teacher = pretrained.bert_from_config(sizes)
+    task.model = pretrained.bert_from_config(sizes, num_layers=1)
+    task.weights = {"embedding": 1.0, "feature": 0.5, "attention": 2.0}
+    rng = np.random.default_rng(0)
+
+    def random_params(model):  # initialising for real compiled for seconds
+        shapes = jax.eval_shape(model.init, jax.random.key(0), batch["input_ids"],
+                                batch["attention_mask"])["params"]
+        return jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype),
+                            shapes)
+
+    return task, random_params(task.model), random_params(task.teacher)
+
+
 @pytest.mark.skipif(not HAVE_MINILM, reason=pretrained.MINILM_INSTALL)
 def test_a_max_length_beyond_the_teachers_positions_is_named():
     from configs import distill_minilm
@@ -83,26 +109,9 @@ def test_the_loss_is_the_documented_sum_over_real_tokens():
     evaluation sums 1 - cos and cos over the real sentences (mask) from the same passes."""
     import jax
 
-    from configs import distill_minilm
-    from trainer.tasks import create_task
-
-    task = create_task(distill_minilm.get_config())
-    sizes = dict(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=16, max_position_embeddings=8)
-    task.teacher = pretrained.bert_from_config(sizes)
-    task.model = pretrained.bert_from_config(sizes, num_layers=1)
-    task.weights = {"embedding": 1.0, "feature": 0.5, "attention": 2.0}
     batch = {"input_ids": np.array([[1, 5, 7, 9, 2], [1, 4, 2, 0, 0]], np.int32),
              "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)}
-    rng = np.random.default_rng(0)
-
-    def random_params(model):  # initialising for real compiled for seconds
-        shapes = jax.eval_shape(model.init, jax.random.key(0), batch["input_ids"],
-                                batch["attention_mask"])["params"]
-        return jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype),
-                            shapes)
-
-    params, teacher_params = random_params(task.model), random_params(task.teacher)
+    task, params, teacher_params = _tiny_task_and_params(batch)
 
     @jax.jit  # one program: op by op compiled every op
     def run(params, teacher_params):
@@ -165,3 +174,33 @@ def test_the_student_starts_from_the_listed_teacher_blocks_as_copies():
     np.testing.assert_array_equal(params["embeddings"]["word"], [0.0, 1.0, 2.0])
     assert not np.shares_memory(params["encoder"]["encoderblock_1"]["tag"],
                                 task._teacher_params["encoder"]["encoderblock_5"]["tag"])
+
+
+@pytest.mark.skipif(not HAVE_MINILM, reason=pretrained.MINILM_INSTALL)
+def test_accumulation_weighs_each_loss_term_by_its_own_count():
+    """Gradient accumulation over 4 micro-batches equals one step on the batch: the
+    embedding term is a mean over sentences, the feature and attention terms means over real
+    tokens, and micro-batch 0 (rows 0 and 4) holds 10 real tokens where the others hold 4.
+    Weighing the whole loss by sentences moved the update by 30% here, by tokens 0.4%."""
+    import jax
+    import optax
+
+    from tests.trainer.test_accumulation import ACCUM_STEPS, _full_and_accumulated
+    from trainer.steps import TrainState
+
+    lengths = np.array([5, 2, 2, 2, 5, 2, 2, 2])  # row i goes to micro-batch i % 4
+    mask = (np.arange(5) < lengths[:, None]).astype(np.int32)
+    ids = np.random.default_rng(1).integers(3, 20, size=mask.shape) * mask
+    batch = {"input_ids": ids.astype(np.int32), "attention_mask": mask}
+    assert ACCUM_STEPS == 4
+    task, params, teacher_params = _tiny_task_and_params(batch)
+    tx = optax.sgd(1.0)
+    state = TrainState(step=jax.numpy.zeros((), np.int32), params=params,
+                       opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)))
+    (full, full_metrics), (accum, accum_metrics) = _full_and_accumulated(
+        task, tx, optax.constant_schedule(1.0), state, batch, {"teacher": teacher_params})
+    difference = optax.tree.norm(jax.tree.map(np.subtract, accum, full))
+    assert float(optax.tree.norm(full)) > 1e-2
+    assert float(difference / optax.tree.norm(full)) < 1e-5
+    for name, value in full_metrics.items():
+        np.testing.assert_allclose(accum_metrics[name], value, rtol=1e-5, err_msg=name)

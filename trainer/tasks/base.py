@@ -114,6 +114,11 @@ class Task:
         that the accumulated step equals the step on the whole batch. The default, the
         number of examples, fits losses that are means over examples; a task whose loss is a
         mean over something else (non-padding tokens) returns that count.
+
+        A loss that sums terms averaged over different counts (a mean over sentences plus a
+        mean over tokens) returns a dict ``{metric name: count}`` instead: the named entries of
+        ``loss``'s metrics must be those terms, summing to the loss. Each term is then weighted
+        by its own count, and metrics not named by the number of examples.
         """
         return jnp.asarray(self.example_count(batch), jnp.float32)
 

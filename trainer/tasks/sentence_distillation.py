@@ -164,6 +164,19 @@ class SentenceDistillationTask(Task):
                 student[2], teacher[2], mask=mask)
         return sum(terms.values()), {"cosine": jnp.mean(cosine), **terms}
 
+    def loss_weight(self, batch: Batch) -> dict[str, jax.Array]:
+        """What each loss term averages over: the embedding term over sentences, the feature
+        and attention terms over real tokens (the attention's count also has the heads, the
+        same factor in every micro-batch)."""
+        mask = batch["attention_mask"]
+        tokens = jnp.sum(mask).astype(jnp.float32)
+        weights = {"embedding_loss": jnp.asarray(mask.shape[0], jnp.float32)}
+        if self.weights["feature"]:
+            weights["feature_loss"] = tokens
+        if self.weights["attention"]:
+            weights["attention_loss"] = tokens
+        return weights
+
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         student = self._forward(self.model, params, batch)[0]
         teacher = self._forward(self.teacher, frozen["teacher"], batch)[0]
