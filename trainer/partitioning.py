@@ -8,7 +8,9 @@ and optimizer state are replicated, or — the FSDP rule — a leaf with at leas
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from typing import Any
 
 import jax
@@ -29,8 +31,9 @@ def initialize_distributed(
 
     Explicit arguments win; otherwise it is called without arguments, for JAX to auto-detect
     the cluster, in a TPU pod and in a SLURM step (``srun``) or Open MPI job (``mpirun``) of
-    more than one task (``_cluster_detected``). A single process is left alone, also one started
-    in a SLURM allocation without ``srun`` (a ``salloc`` shell, an ``sbatch`` script).
+    more than one task (``_cluster_detected``; Open MPI 5 through mpi4py, ``_open_mpi_5_job``).
+    A single process is left alone, also one started in a SLURM allocation without ``srun`` (a
+    ``salloc`` shell, an ``sbatch`` script).
     """
     given = (coordinator_address, num_processes, process_id)
     if any(value is not None for value in given):  # --process_id alone included
@@ -48,6 +51,8 @@ def initialize_distributed(
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     elif _cluster_detected():
         jax.distributed.initialize()
+    elif _open_mpi_5_job():
+        jax.distributed.initialize(cluster_detection_method="mpi4py")
     logging.info(
         "process %d of %d; %d local / %d global devices",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -63,27 +68,57 @@ _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PRO
 _OMPI_VARS = ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE")  # set by mpirun / mpiexec
 
 
+# The TPU workers as JAX's GKE TPU detection reads them: the first of these that is set.
+_TPU_WORKER_VARS = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
+
+
+def _task_count(variable: str) -> int:
+    value = os.environ[variable]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {variable}={value!r} must be an integer "
+                         "(the job's number of tasks)") from None
+
+
 def _cluster_detected() -> bool:
     """Whether this process is one of several that JAX's auto-detection will find.
 
-    A TPU pod by its variables; SLURM and Open MPI only with the variables JAX reads and more
-    than one task (``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``): one task needs no coordinator.
+    A TPU pod by its variables (a multislice job, or a worker list of more than one host);
+    SLURM and Open MPI only with the variables JAX reads and more than one task
+    (``SLURM_NTASKS``, ``OMPI_COMM_WORLD_SIZE``): one task needs no coordinator.
     """
-    import os
-
-    if "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
+    if "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
         return True
+    workers = next((os.environ[name] for name in _TPU_WORKER_VARS if name in os.environ), None)
+    if workers is not None:
+        return len([host for host in workers.split(",") if host.strip()]) > 1
     for variables, count in ((_SLURM_VARS, "SLURM_NTASKS"), (_OMPI_VARS, "OMPI_COMM_WORLD_SIZE")):
-        if all(name in os.environ for name in variables):
-            value = os.environ[count]
-            try:
-                tasks = int(value)
-            except ValueError:
-                raise ValueError(f"environment variable {count}={value!r} must be an integer "
-                                 "(the job's number of tasks)") from None
-            if tasks > 1:
-                return True
+        if all(name in os.environ for name in variables) and _task_count(count) > 1:
+            return True
     return False
+
+
+def _open_mpi_5_job() -> bool:
+    """Whether this is one task of several started by Open MPI 5's ``mpirun`` (PRRTE).
+
+    Open MPI 5 no longer sets ``OMPI_MCA_orte_hnp_uri``, the variable JAX's Open MPI detection
+    takes the coordinator from (jax-ml/jax#14576); JAX's ``mpi4py`` detection finds it
+    instead, so this needs mpi4py. Without it each task would train alone as process 0 of 1,
+    so that is refused, saying what to pass.
+    """
+    if "OMPI_COMM_WORLD_SIZE" not in os.environ or "OMPI_MCA_orte_hnp_uri" in os.environ:
+        return False
+    tasks = _task_count("OMPI_COMM_WORLD_SIZE")
+    if tasks < 2:
+        return False
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ValueError(
+            f"this is one of OMPI_COMM_WORLD_SIZE={tasks} Open MPI tasks without "
+            "OMPI_MCA_orte_hnp_uri (Open MPI 5), whose coordinator JAX finds only through "
+            "mpi4py: `pip install mpi4py`, or pass --coordinator_address=HOST_OF_RANK_0:PORT "
+            "--num_processes=$OMPI_COMM_WORLD_SIZE --process_id=$OMPI_COMM_WORLD_RANK")
+    return True
 
 
 def make_mesh(mesh_shape: dict[str, int]) -> Mesh:

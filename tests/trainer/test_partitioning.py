@@ -81,13 +81,14 @@ def _cluster_environment(monkeypatch, variables):
     """Only ``variables`` of the cluster variables (the test may itself run under SLURM), and
     a ``jax.distributed.initialize`` that records its calls instead of connecting."""
     for name in list(os.environ):
-        if name.startswith(("SLURM_", "OMPI_")) or name in ("TPU_WORKER_HOSTNAMES",
-                                                            "MEGASCALE_COORDINATOR_ADDRESS"):
+        if name.startswith(("SLURM_", "OMPI_")) or name in (
+                "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS"):
             monkeypatch.delenv(name)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *args, **kwargs: calls.append((args, kwargs)))
     return calls
 
 
@@ -103,12 +104,42 @@ def _cluster_environment(monkeypatch, variables):
     ({"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.0.0.1:34911",
       "OMPI_COMM_WORLD_SIZE": "2"}, True),
     ({"TPU_WORKER_HOSTNAMES": "10.0.0.1,10.0.0.2"}, True),
+    # One worker (a single-host TPU VM, or the variable left in a shell): nothing to join.
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
+    # JAX reads TPU_PROCESS_ADDRESSES first when both are set.
+    ({"TPU_PROCESS_ADDRESSES": "10.0.0.1:8476", "TPU_WORKER_HOSTNAMES": "a,b"}, False),
+    ({"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.1:8080", "TPU_WORKER_HOSTNAMES": "a"}, True),
 ], ids=["no_cluster", "salloc_or_sbatch_shell", "srun_1_task", "srun_2_tasks", "mpirun_np1",
-        "mpirun_np2", "tpu_pod"])
+        "mpirun_np2", "tpu_pod", "one_tpu_worker", "tpu_process_addresses_first", "multislice"])
 def test_initialize_only_in_a_job_of_several_tasks(monkeypatch, variables, multi_process):
     calls = _cluster_environment(monkeypatch, variables)
     partitioning.initialize_distributed()
-    assert calls == ([()] if multi_process else [])
+    assert calls == ([((), {})] if multi_process else [])
+
+
+@pytest.mark.parametrize("have_mpi4py", [True, False])
+def test_an_open_mpi_5_job_joins_through_mpi4py_or_is_refused(monkeypatch, have_mpi4py):
+    """Open MPI 5's mpirun sets OMPI_COMM_WORLD_SIZE but not OMPI_MCA_orte_hnp_uri, so JAX's
+    Open MPI detection does not see it: before, each task trained alone as process 0 of 1."""
+    import importlib.util
+
+    calls = _cluster_environment(monkeypatch, {"OMPI_COMM_WORLD_SIZE": "4",
+                                               "OMPI_COMM_WORLD_RANK": "1", "PRTE_LAUNCHED": "1"})
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+        (object() if have_mpi4py else None) if name == "mpi4py" else find_spec(name, *args)))
+    if have_mpi4py:
+        partitioning.initialize_distributed()
+        assert calls == [((), {"cluster_detection_method": "mpi4py"})]
+    else:
+        with pytest.raises(ValueError, match=r"OMPI_COMM_WORLD_SIZE=4 Open MPI tasks.*"
+                                             r"pip install mpi4py.*--num_processes"):
+            partitioning.initialize_distributed()
+        assert calls == []
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # a one-task job: nothing to join
+    calls.clear()
+    partitioning.initialize_distributed()
+    assert calls == []
 
 
 def test_an_srun_step_is_what_jax_detects_as_slurm(monkeypatch):
