@@ -176,6 +176,7 @@ def test_the_student_starts_from_the_listed_teacher_blocks_as_copies():
                                 task._teacher_params["encoder"]["encoderblock_5"]["tag"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_MINILM, reason=pretrained.MINILM_INSTALL)
 def test_accumulation_weighs_each_loss_term_by_its_own_count():
     """Gradient accumulation over 4 micro-batches equals one step on the batch: the
