@@ -112,6 +112,12 @@ def _attention_columns(rows: list) -> list:
     return []
 
 
+def _device_peak_column(rows: list) -> list:
+    """The device's own peak where a row has one (GPU/TPU runs since 2026-12-01; before,
+    ``peak_memory_mb`` itself was that counter there)."""
+    return ["device_peak_memory_mb"] if any(r.get("device_peak_memory_mb") for r in rows) else []
+
+
 def throughput_section(name: str, payload: dict) -> str:
     rows = [dict(r, train_mfu=f"{r['train_mfu']:.1%}", infer_mfu=f"{r['infer_mfu']:.1%}")
             for r in payload["results"]]
@@ -121,7 +127,8 @@ def throughput_section(name: str, payload: dict) -> str:
         f"TFLOP/s ({payload['peak_source']}{_each_peak(payload)}).",
         rows, ["model", "batch_size", "precision", "train_examples_per_sec",
                "train_tflops_per_sec", "train_mfu", "infer_examples_per_sec", "infer_mfu",
-               "peak_memory_mb", "train_page_faults_per_step", *_attention_columns(rows)])
+               "peak_memory_mb", *_device_peak_column(rows), "train_page_faults_per_step",
+               *_attention_columns(rows)])
 
 
 def timm_section(name: str, payload: dict) -> str:

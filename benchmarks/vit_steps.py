@@ -16,16 +16,31 @@ from trainer.throughput import lowered_flops
 from transformer.attention import cudnn_attention_calls
 
 
-def peak_memory_bytes(compiled: Any) -> tuple[int | None, str]:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device peak bytes in use"
+def step_memory_bytes(compiled: Any) -> int | None:
+    """XLA's memory analysis of a compiled step: arguments, outputs and temporaries, less
+    what is aliased (donated); None where the backend has no analysis. The step's own figure
+    on every backend, where a device's peak counter covers the whole process."""
     analysis = compiled.memory_analysis()
     if analysis is None:
-        return None, "unavailable"
-    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-             + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-    return int(total), "XLA memory analysis of the step"
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def device_peak_bytes() -> int | None:
+    """The first device's ``peak_bytes_in_use`` (GPU/TPU; None on the CPU): the most the
+    process has held on it since it started, not one step's peak."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else int(peak)
+
+
+def peak_reached_since(before: int | None, after: int | None) -> int | None:
+    """A device's process-wide peak ``after`` some work, when the work raised it above
+    ``before``; None otherwise (an earlier, larger model's peak hides this one's)."""
+    if after is None or (before is not None and after <= before):
+        return None
+    return after
 
 
 def _jitted_step_and_forward(model: vit.VisionTransformer, tx: optax.GradientTransformation,

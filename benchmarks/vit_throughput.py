@@ -27,7 +27,12 @@ from typing import Any
 from absl import app, flags
 
 from benchmarks.common import environment, table, time_call, timed_calls, write_json
-from benchmarks.vit_steps import peak_memory_bytes, training_step
+from benchmarks.vit_steps import (
+    device_peak_bytes,
+    peak_reached_since,
+    step_memory_bytes,
+    training_step,
+)
 from trainer import host_memory
 from trainer.throughput import peak_flops
 
@@ -45,12 +50,14 @@ flags.DEFINE_string("out", None, "JSON output path.")
 
 def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
                     repeats: int, attention: str = "xla") -> dict[str, Any]:
+    device_peak_before = device_peak_bytes()
     built = training_step(name, batch_size, image_size, precision, attention)
     train = timed_calls(built["run_step"], repeats)
     step_seconds = train["seconds"]
     holder, images = built["holder"], built["images"]
     infer_seconds = time_call(lambda: built["forward"](holder["params"], images), repeats)
-    memory, memory_source = peak_memory_bytes(built["compiled_step"])
+    memory = step_memory_bytes(built["compiled_step"])
+    device_peak = peak_reached_since(device_peak_before, device_peak_bytes())
     train_flops, infer_flops = built["train_flops"], built["infer_flops"]
     return {
         "model": name, "batch_size": batch_size, "image_size": image_size,
@@ -69,7 +76,11 @@ def benchmark_model(name: str, batch_size: int, image_size: int, precision: str,
         "train_fused_attention_calls": built["train_fused_attention_calls"],
         "infer_fused_attention_calls": built["infer_fused_attention_calls"],
         "peak_memory_mb": None if memory is None else memory / 2**20,
-        "memory_source": memory_source,
+        "memory_source": "XLA memory analysis of the training step",
+        # GPU/TPU: the device's peak while this model was built and run (its training and
+        # inference, parameters and batch), None on the CPU or when an earlier model's peak
+        # was higher.
+        "device_peak_memory_mb": None if device_peak is None else device_peak / 2**20,
     }
 
 
