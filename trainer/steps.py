@@ -117,8 +117,10 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
                 raise KeyError(f"{type(task).__name__}.loss_weight weighs the loss terms "
                                f"{missing}, which its loss does not return among its metrics "
                                f"{sorted(extra)}")
-            # The terms sum to the loss; each is rescaled by its own count's share.
-            scaled = sum(extra[name] * scale for name, scale in scales.items())
+            # The named terms are parts of the loss: each is reweighted from the examples'
+            # share (1: equal-sized micro-batches) to its own count's; the rest of the loss
+            # keeps the examples' weight.
+            scaled = loss + sum(extra[name] * (scale - 1.0) for name, scale in scales.items())
             return scaled, (scaled, extra)
 
         (_, (loss, extra)), grads = jax.value_and_grad(objective, has_aux=True)(params)

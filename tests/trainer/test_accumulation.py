@@ -116,6 +116,38 @@ def test_micro_batches_are_weighted_by_loss_weight():
     np.testing.assert_allclose(accum_metrics["loss"], full_metrics["loss"], rtol=1e-6)
 
 
+class _TwoTermRegression(_MaskedRegression):
+    """The masked mean above (reported as ``masked``) plus a mean over examples of the
+    unmasked error, which ``loss_weight`` does not name: like sentence distillation's loss,
+    terms averaged over different counts."""
+
+    def loss(self, params, batch, rng, frozen):
+        errors = (batch["x"] * params["w"] - batch["y"]) ** 2
+        masked = jnp.sum(errors * batch["mask"]) / jnp.sum(batch["mask"])
+        unmasked = jnp.mean(jnp.sum(errors, axis=1))
+        return masked + 0.5 * unmasked, {"masked": masked}
+
+    def loss_weight(self, batch):
+        return {"masked": jnp.sum(batch["mask"])}
+
+
+def test_named_loss_terms_are_weighted_by_their_own_counts_the_rest_by_examples():
+    """Fast and model-free: one term is a mean over a varying number of entries per
+    micro-batch (named by ``loss_weight``), the rest of the loss a mean over examples."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((8, 3), np.float32)
+    mask[0::ACCUM_STEPS] = 1.0
+    mask[:, 0] = 1.0
+    batch = {"x": rng.normal(size=(8, 3)).astype(np.float32),
+             "y": rng.normal(size=(8, 3)).astype(np.float32), "mask": mask}
+    tx = optax.sgd(1.0)
+    (full, full_metrics), (accum, accum_metrics) = _full_and_accumulated(
+        _TwoTermRegression(), tx, optax.constant_schedule(1.0), _regression_state(tx), batch)
+    assert _relative_difference(accum, full) < 1e-5
+    for name in ("loss", "masked"):
+        np.testing.assert_allclose(accum_metrics[name], full_metrics[name], rtol=1e-6)
+
+
 def _regression_state(tx):
     params = {"w": jnp.ones((3,), jnp.float32)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

@@ -115,10 +115,11 @@ class Task:
         number of examples, fits losses that are means over examples; a task whose loss is a
         mean over something else (non-padding tokens) returns that count.
 
-        A loss that sums terms averaged over different counts (a mean over sentences plus a
-        mean over tokens) returns a dict ``{metric name: count}`` instead: the named entries of
-        ``loss``'s metrics must be those terms, summing to the loss. Each term is then weighted
-        by its own count, and metrics not named by the number of examples.
+        A loss that adds terms averaged over different counts (a mean over sentences plus a
+        mean over tokens) returns a dict ``{metric name: count}`` instead, naming entries of
+        ``loss``'s metrics that are terms added into the loss. Each named term is then weighted
+        by its own count; the rest of the loss and the metrics not named by the number of
+        examples.
         """
         return jnp.asarray(self.example_count(batch), jnp.float32)
 

@@ -165,17 +165,12 @@ class SentenceDistillationTask(Task):
         return sum(terms.values()), {"cosine": jnp.mean(cosine), **terms}
 
     def loss_weight(self, batch: Batch) -> dict[str, jax.Array]:
-        """What each loss term averages over: the embedding term over sentences, the feature
-        and attention terms over real tokens (the attention's count also has the heads, the
-        same factor in every micro-batch)."""
-        mask = batch["attention_mask"]
-        tokens = jnp.sum(mask).astype(jnp.float32)
-        weights = {"embedding_loss": jnp.asarray(mask.shape[0], jnp.float32)}
-        if self.weights["feature"]:
-            weights["feature_loss"] = tokens
-        if self.weights["attention"]:
-            weights["attention_loss"] = tokens
-        return weights
+        """The terms averaged over real tokens: the feature and attention terms (the
+        attention's count also has the heads, the same factor in every micro-batch). The
+        embedding term is a mean over sentences, the default weight."""
+        tokens = jnp.sum(batch["attention_mask"]).astype(jnp.float32)
+        return {f"{name}_loss": tokens for name in ("feature", "attention")
+                if self.weights[name]}
 
     def eval_sums(self, params: Any, batch: Batch, frozen: Any) -> Metrics:
         student = self._forward(self.model, params, batch)[0]
