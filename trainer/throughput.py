@@ -8,7 +8,6 @@ rematerialising compiler adds. The launcher logs ``train/mfu`` with this count a
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -17,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import xla_cpu
-from transformer.attention import CUDNN_ATTENTION_TARGET
 
 # Dense peak TFLOP/s per device, by device kind prefix and precision (vendor data sheets). The
 # longest matching prefix wins: "NVIDIA H100 PCIe" is not the SXM part ("NVIDIA H100 80GB HBM3").
@@ -45,7 +43,8 @@ class LoopInProgramError(ValueError):
 def lowered_flops(jitted: Any, *args: Any) -> float:
     """FLOPs of one call of ``jitted(*args)`` (all devices together), from XLA's cost analysis
     of the lowered program, plus those of cuDNN's fused attention calls in it (XLA counts none
-    for a custom call: ``cudnn_attention_flops``); 0.0 where no analysis is available.
+    for a custom call: ``cudnn_attention_flops``, read from the traced program); 0.0 where no
+    analysis is available.
 
     ``args`` may be arrays or ``jax.ShapeDtypeStruct``s. Raises ``LoopInProgramError`` for a
     program with a loop (a scanned layer stack, gradient accumulation): the cost analysis
@@ -59,14 +58,13 @@ def lowered_flops(jitted: Any, *args: Any) -> float:
             "counts a loop's body once, so its FLOPs would be undercounted; count a loop-free "
             "equivalent (no scan_layers, accum_steps=1)")
     lowered = traced.lower()
-    text = lowered.as_text()
     analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
         analysis = analysis[0] if analysis else None
     if analysis is None:
         analysis = _cost_analysis_by_cpu_client(lowered)
     flops = float(analysis.get("flops", 0.0)) if analysis else 0.0
-    return flops + cudnn_attention_flops(text)
+    return flops + cudnn_attention_flops(traced.jaxpr.jaxpr)
 
 
 _LOOPS = ("scan", "while")
@@ -139,32 +137,33 @@ def _cost_analysis_by_cpu_client(lowered: Any) -> dict[str, float] | None:
         return None
 
 
-_CUDNN_ATTENTION_CALL = re.compile(
-    rf"({re.escape(CUDNN_ATTENTION_TARGET)}\w*).*?:\s*\(tensor<([0-9x]+)x\w+>\s*,"
-    r"\s*tensor<([0-9x]+)x\w+>")
+# JAX's cuDNN fused-attention primitives (jax/_src/cudnn/fused_attention_stablehlo.py) and
+# how many passes of the forward's two matmuls (QKᵀ, PV) each does: the backward does four
+# (dV, dP, dQ, dK), which is what XLA counts for the same attention written out.
+_CUDNN_ATTENTION_PASSES = {"dot_product_attention_fwd_wrapper": 1,
+                           "dot_product_attention_bwd_wrapper": 2}
+_BNTH_LAYOUT = 1  # jax's AttentionLayout.BNTH: [batch, heads, length, head_dim]
 
 
-def cudnn_attention_flops(stablehlo_text: str) -> float:
-    """FLOPs of the cuDNN fused-attention calls in a lowered program's StableHLO text.
+def cudnn_attention_flops(jaxpr: Any) -> float:
+    """FLOPs of the cuDNN fused-attention calls in a traced program (``jax.core.Jaxpr``).
 
-    A call's first two operands are the query ``[batch, q_length, heads, head_dim]`` and the key
-    ``[batch, kv_length, heads, head_dim]`` (``transformer.attention``'s layout). The forward
-    pass is two matmuls (QKᵀ and PV): ``4 * batch * heads * q_length * kv_length * head_dim``;
-    the backward pass (a target ending in ``Backward``) four (dV, dP, dQ, dK), twice that,
-    which is what XLA counts for the same attention written out.
+    A call's first two operands are the query and the key, ``[batch, length, heads,
+    head_dim]`` (or heads before length in the BNTH layout): the forward pass is
+    ``4 * batch * heads * q_length * kv_length * head_dim``, the backward twice that.
+
+    Read from the traced program, not the lowered text: on more than one device JAX lowers
+    the call as a ``CustomSPMDPartitioning`` call that the SPMD partitioner turns into cuDNN's
+    kernel only at compile time, so the lowered text of a data-parallel step holds none.
     """
     flops = 0.0
-    for line in stablehlo_text.splitlines():
-        if CUDNN_ATTENTION_TARGET not in line:
-            continue
-        match = _CUDNN_ATTENTION_CALL.search(line)
-        if match is None:
-            continue
-        target, query, key = match.groups()
-        query_dims = [int(d) for d in query.split("x")]
-        kv_length = int(key.split("x")[1])
-        forward = 4.0 * float(np.prod(query_dims)) * kv_length
-        flops += 2 * forward if target.endswith("Backward") else forward
+    for eqn in jaxpr.eqns:
+        passes = _CUDNN_ATTENTION_PASSES.get(eqn.primitive.name)
+        if passes:
+            query, key = (variable.aval.shape for variable in eqn.invars[:2])
+            kv_length = key[2] if eqn.params.get("layout") == _BNTH_LAYOUT else key[1]
+            flops += passes * 4.0 * float(np.prod(query)) * kv_length
+        flops += sum(map(cudnn_attention_flops, _sub_jaxprs(eqn)))
     return flops
 
 

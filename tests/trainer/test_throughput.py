@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from trainer import throughput
@@ -30,21 +31,61 @@ def test_cpu_client_counts_a_lowered_program_as_the_backend_does():
                                     jnp.ones((32, 16))) == by_cpu["flops"]
 
 
-def test_cudnn_attention_flops_are_read_from_the_calls_operands():
-    # Lines as JAX lowers cuDNN's fused attention (forward and backward) for a ViT-B/16 batch
-    # of 256 with the query padded to 198 (transformer.attention), and one unrelated call.
-    q = k = "tensor<256x198x12x64xbf16>"
-    text = "\n".join([
-        f'%5:2 = stablehlo.custom_call @__cudnn$fmhaSoftmax(%1, %2, %3, %4) {{api_version = 2 '
-        f': i32, backend_config = "{{}}"}} : ({q}, {k}, {k}, tensor<0xbf16>) -> ({q}, '
-        'tensor<256x12x198xf32>)',
-        f'%9:3 = "stablehlo.custom_call"(%1, %2, %3) <{{call_target_name = '
-        f'"__cudnn$fmhaSoftmaxBackward"}}> : ({q}, {k}, {k}) -> ({q}, {k}, {k})',
-        '%10 = stablehlo.custom_call @Sharding(%9) : (tensor<4x4xf32>) -> tensor<4x4xf32>',
-    ])
-    forward = 4 * 256 * 198 * 12 * 64 * 198
-    assert throughput.cudnn_attention_flops(text) == forward + 2 * forward
-    assert throughput.cudnn_attention_flops("%1 = stablehlo.dot_general %a, %b") == 0
+@pytest.fixture
+def cudnn_traceable(monkeypatch):
+    """JAX's cuDNN attention traceable on a machine without cuDNN: its version and GPU checks
+    answer as on an H100 with cuDNN 9.10. Tracing needs nothing more; nothing is run."""
+    from jax._src.cudnn import fused_attention_stablehlo as fused
+
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(fused, "check_compute_capability", lambda capability: True)
+    return fused
+
+
+def test_cudnn_attention_flops_are_read_from_the_calls_operands(cudnn_traceable):
+    """A training step's attention: a forward call (QKᵀ and PV) and a backward one (four
+    matmuls), a query of 6 and a key of 10 positions; BNTH (heads first) reads the key's
+    length from its third axis."""
+    query = jnp.zeros((2, 6, 3, 8), jnp.bfloat16)  # [batch, length, heads, head_dim]
+    key = jnp.zeros((2, 10, 3, 8), jnp.bfloat16)
+
+    def loss(query):
+        out = jax.nn.dot_product_attention(query, key, key, implementation="cudnn")
+        return out.astype(jnp.float32).sum()
+
+    forward = 4 * 2 * 6 * 3 * 8 * 10
+    assert throughput.cudnn_attention_flops(jax.make_jaxpr(loss)(query).jaxpr) == forward
+    assert throughput.cudnn_attention_flops(
+        jax.make_jaxpr(jax.grad(loss))(query).jaxpr) == forward + 2 * forward
+    heads_first = jax.make_jaxpr(lambda q, k: cudnn_traceable.dot_product_attention(
+        q, k, k, qkv_layout="BNTH"))(query.transpose(0, 2, 1, 3), key.transpose(0, 2, 1, 3))
+    assert throughput.cudnn_attention_flops(heads_first.jaxpr) == forward
+    matmul = jax.make_jaxpr(jnp.matmul)(key, key.swapaxes(-1, -2))
+    assert throughput.cudnn_attention_flops(matmul.jaxpr) == 0
+
+
+@pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two devices (the suite simulates 8)")
+def test_cudnn_attention_is_counted_on_a_data_parallel_mesh(cudnn_traceable):
+    """Split over two devices, JAX lowers the attention as a CustomSPMDPartitioning call that
+    becomes cuDNN's kernel only when compiled: the lowered text (lowered for a GPU here, on
+    the CPU) has no cuDNN call, and a count read from it missed the attention of every
+    data-parallel run. The traced program has it, on one device as on two."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    def attention(query):
+        return jax.nn.dot_product_attention(query, query, query, implementation="cudnn")
+
+    counts = {}
+    for devices in (1, 2):
+        sharding = NamedSharding(Mesh(np.array(jax.devices()[:devices]), ("data",)),
+                                 PartitionSpec("data"))
+        traced = jax.jit(attention, in_shardings=sharding).trace(
+            jax.ShapeDtypeStruct((2, 6, 3, 8), jnp.bfloat16, sharding=sharding))
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+        counts[devices] = (text.count("__cudnn$fmha"),
+                           throughput.cudnn_attention_flops(traced.jaxpr.jaxpr))
+    forward = 4 * 2 * 6 * 3 * 8 * 6
+    assert counts == {1: (1, forward), 2: (0, forward)}
 
 
 def test_published_peak_is_the_longest_matching_device_kind():
