@@ -113,7 +113,7 @@ def _attention_columns(rows: list) -> list:
 
 
 def _device_peak_column(rows: list) -> list:
-    """The device's own peak where a row has one (GPU/TPU runs since 2026-12-01; before,
+    """The device's own peak where a row has one (GPU/TPU runs since 2026-11-30 night; before,
     ``peak_memory_mb`` itself was that counter there)."""
     return ["device_peak_memory_mb"] if any(r.get("device_peak_memory_mb") for r in rows) else []
 
