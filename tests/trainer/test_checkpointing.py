@@ -87,6 +87,41 @@ def _damaged_dir(workdir):
     return os.path.join(workdir, "damaged_checkpoints")
 
 
+def test_one_process_saves_each_replicated_array_whole(tmp_path, monkeypatch):
+    """orbax's replica-parallel saving slices every replicated array once per device (an
+    eager, compiled ``jax.lax.slice_in_dim`` each) to share the writing among hosts; a single
+    process has no one to share it with, so the Checkpointer saves the arrays whole."""
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ("data",)), jax.sharding.PartitionSpec())
+    assert jax.device_count() > 1, "needs several devices for a replica to slice"
+    # A dimension that the 8 replicas divide evenly, which replica-parallel saving needs.
+    params = {"dense": {"kernel": np.arange(16 * 8, dtype=np.float32).reshape(16, 8)}}
+    state = jax.device_put({"step": np.int32(2), "params": params}, replicated)
+    slices = []
+    real_slice_in_dim = jax.lax.slice_in_dim
+
+    def counting_slice_in_dim(*args, **kwargs):
+        slices.append(args[0].shape)
+        return real_slice_in_dim(*args, **kwargs)
+
+    monkeypatch.setattr(jax.lax, "slice_in_dim", counting_slice_in_dim)
+    # The control: orbax's default ArrayHandler, as every process had it, slices here.
+    default_handler = ocp.PyTreeCheckpointHandler(
+        type_handler_registry=ocp.type_handlers.create_type_handler_registry(
+            (jax.Array, ocp.type_handlers.ArrayHandler())))
+    ocp.Checkpointer(default_handler).save(tmp_path / "orbax_default",
+                                           args=ocp.args.PyTreeSave(state))
+    assert len(slices) >= jax.device_count()
+
+    slices.clear()
+    checkpointer = Checkpointer(str(tmp_path / "run"), async_save=False)
+    checkpointer.save(2, state, _data_iter(), {"params_fingerprint": params_fingerprint(params)})
+    checkpointer.close()
+    assert slices == []
+    restored = restore_params(str(tmp_path / "run"))
+    np.testing.assert_array_equal(restored["dense"]["kernel"], params["dense"]["kernel"])
+
+
 def test_process_zero_restores_the_previous_checkpoint_and_moves_the_damaged_one_aside(
         tmp_path):
     workdir = str(tmp_path / "run")
