@@ -135,9 +135,10 @@ def _save_whole_arrays_in_one_process() -> bool:
     run, 3.4 s of it in 1,056 such slices (``python -m cProfile -m trainer.main
     --config=configs/vit_digits.py`` with the tests' ``TINY_VIT_FLAGS`` and ``STEP_FLAGS``,
     2026-12-01); without the profiler, two such runs each took 18.8 and 19.3 s before this
-    change and 17.6 and 15.9 s after it. Several processes (their writes are shared) and TPUs (where a host's chips
-    copy to it in parallel) keep orbax's default. The change is to orbax's global type-handler
-    registry, the one ``StandardCheckpointHandler`` reads, which takes no handler of its own.
+    change and 17.6 and 15.9 s after it. Several processes (their writes are shared) and TPUs
+    (where a host's chips copy to it in parallel) keep orbax's default. The change is to
+    orbax's global type-handler registry, the one ``StandardCheckpointHandler`` reads, which
+    takes no handler of its own.
     """
     if jax.process_count() > 1 or jax.default_backend() == "tpu":
         return False

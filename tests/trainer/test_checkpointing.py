@@ -4,8 +4,6 @@ several processes, checkpoints of other optimizer settings, a teacher's damaged 
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 
 import grain
@@ -15,6 +13,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO
 from trainer import checkpointing
 from trainer.checkpointing import (
@@ -196,24 +195,12 @@ def test_two_processes_restore_the_same_step_and_process_zero_moves_the_damage(t
     workdir = str(tmp_path / "run")
     script = tmp_path / "restore.py"
     script.write_text(_TWO_PROCESS_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    processes = [subprocess.Popen(
-        [sys.executable, str(script), str(port), str(index), workdir], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(2)]
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-3000:]
+    outputs = run_processes(
+        lambda port: [[sys.executable, str(script), str(port), str(index), workdir]
+                      for index in range(2)], env=env, cwd=REPO, timeout=240)
+    for output in outputs:
         assert "RESTORED 2 [2]" in output, output[-3000:]
     assert _steps_on_disk(workdir) == [2]
     assert [name.split("-")[0] for name in os.listdir(_damaged_dir(workdir))] == ["4"]

@@ -7,24 +7,17 @@ global batch.
 """
 
 import os
-import socket
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
+from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO, run_launcher
 from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS
 from trainer.checkpointing import restore_params
 from trainer.metrics import read_metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -38,18 +31,13 @@ def test_two_processes_match_one_process(tmp_path, digits_data_dir):
     # fresh run used to fetch them all to the host at start and failed there.
     fsdp = ("--config.mesh_shape.data=1", "--config.mesh_shape.fsdp=-1",
             "--config.sharding.min_fsdp_size=256")
-    port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen(
+    outputs = run_processes(lambda port: [
         [sys.executable, "-m", "trainer.main", "--config=configs/vit_digits.py",
          f"--workdir={workdir}", *flags, *fsdp, f"--coordinator_address=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={index}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for index in range(2)]
-    outputs = [p.communicate(timeout=400)[0] for p in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-4000:]
+         "--num_processes=2", f"--process_id={index}"] for index in range(2)],
+        env=env, cwd=REPO, timeout=400)
     assert "hosts=2" in outputs[0]
 
     one, two = read_metrics(str(tmp_path / "one")), read_metrics(workdir)

@@ -2,14 +2,13 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
+from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import tiny_seq2seq_config
 from trainer.tasks import create_task
@@ -149,23 +148,12 @@ def test_teacher_forced_exact_match_equals_greedy_exact_match():
     assert float(metrics["token_accuracy"]) == 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bleu_over_processes(num_processes: int, devices_per_process: int) -> list[dict]:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
-    port = _free_port()
-    processes = [subprocess.Popen(
+    outputs = run_processes(lambda port: [
         [sys.executable, "-m", "tests.trainer.bleu_worker", str(index), str(num_processes),
-         str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True) for index in range(num_processes)]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-4000:]
+         str(port)] for index in range(num_processes)], env=env, cwd=REPO, timeout=300)
     return [json.loads(output.split("BLEU ")[-1]) for output in outputs]
 
 
