@@ -1,5 +1,5 @@
 """Runs the processes of one multi-process JAX job on this machine (coordinator on 127.0.0.1)
-for a test, and gives back each one's exit code and output."""
+for a test: a failed process stops the job, a coordinator port taken meanwhile is retried."""
 
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ and optimizer state are replicated, or — the FSDP rule — a leaf with at leas
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import math
 import os
+import socket
 from typing import Any
 
 import jax
@@ -45,6 +47,7 @@ def initialize_distributed(
         if not 0 <= process_id < num_processes:
             raise ValueError(f"--process_id={process_id} must be in [0, --num_processes="
                              f"{num_processes})")
+        _check_coordinator_address(coordinator_address, process_id)
         # CPU devices of different processes talk through gloo (no effect on GPUs/TPUs).
         # Nothing may touch the backend before initialize(), so this is set unconditionally.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -57,6 +60,39 @@ def initialize_distributed(
         "process %d of %d; %d local / %d global devices",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
     )
+
+
+def _check_coordinator_address(address: str, process_id: int) -> None:
+    """Refuses a ``--coordinator_address`` that is not ``host:port`` and, on process 0, which
+    runs the coordinator, a port that another program already listens on.
+
+    Why here: JAX fails on either with no word about the flag (an ``IndexError`` for a
+    missing port; for a taken port, process 0 dies of a segmentation fault after gRPC's "Failed
+    to add port to server", and the other processes wait for it for 5 minutes).
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator_address={address!r} must be host:port (port 1-65535), "
+                         "e.g. 10.0.0.1:1234: the address of process 0")
+    if process_id != 0:
+        return
+    # The coordinator listens on every interface ("[::]:port"); SO_REUSEADDR, as gRPC sets
+    # it, so that a port left in TIME_WAIT by a finished run still counts as free.
+    family, bind_to = ((socket.AF_INET6, ("::", int(port))) if socket.has_ipv6
+                       else (socket.AF_INET, ("", int(port))))
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind(bind_to)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise ValueError(
+                f"--coordinator_address={address!r}: port {port} is already in use on this "
+                "machine (process 0 runs the coordinator there; another run, or one still "
+                "exiting?); choose another port for every process") from None
 
 
 # What JAX's own detection requires (jax/_src/clusters/slurm_cluster.py, ompi_cluster.py).

@@ -1,6 +1,7 @@
 """Placing host batches on the mesh, and when a run starts jax.distributed."""
 
 import os
+import socket
 
 import jax
 import numpy as np
@@ -169,3 +170,32 @@ def test_incomplete_or_inconsistent_process_flags_are_refused(monkeypatch, argum
     with pytest.raises(ValueError, match=message):
         partitioning.initialize_distributed(**arguments)
     assert calls == []
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "10.0.0.1:", ":1234", "h:port", "h:70000"])
+def test_a_coordinator_address_without_host_and_port_is_refused(monkeypatch, address):
+    # JAX itself raised an IndexError for a missing port, naming no flag.
+    calls = _cluster_environment(monkeypatch, {})
+    with pytest.raises(ValueError, match=rf"--coordinator_address='{address}' must be "
+                                         r"host:port \(port 1-65535\)"):
+        partitioning.initialize_distributed(address, 2, 1)
+    assert calls == []
+
+
+def test_process_zero_refuses_a_coordinator_port_another_program_listens_on(monkeypatch):
+    # JAX's coordinator died of a segmentation fault there, its workers waiting 5 minutes.
+    calls = _cluster_environment(monkeypatch, {})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"--coordinator_address='127.0.0.1:{port}': "
+                                             rf"port {port} is already in use on this machine"):
+            partitioning.initialize_distributed(f"127.0.0.1:{port}", 2, 0)
+        assert calls == []
+        # Only process 0 listens there: the others connect to it.
+        partitioning.initialize_distributed(f"127.0.0.1:{port}", 2, 1)
+    assert len(calls) == 1
+    # A free port passes on process 0 (the port just closed).
+    partitioning.initialize_distributed(f"127.0.0.1:{port}", 2, 0)
+    assert len(calls) == 2
