@@ -74,25 +74,35 @@ def _check_coordinator_address(address: str, process_id: int) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--coordinator_address={address!r} must be host:port (port 1-65535), "
                          "e.g. 10.0.0.1:1234: the address of process 0")
-    if process_id != 0:
-        return
-    # The coordinator listens on every interface ("[::]:port"); SO_REUSEADDR, as gRPC sets
-    # it, so that a port left in TIME_WAIT by a finished run still counts as free.
-    family, bind_to = ((socket.AF_INET6, ("::", int(port))) if socket.has_ipv6
-                       else (socket.AF_INET, ("", int(port))))
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    if process_id == 0 and _port_in_use(int(port)):
+        raise ValueError(
+            f"--coordinator_address={address!r}: port {port} is already in use on this "
+            "machine (process 0 runs the coordinator there; another run, or one still "
+            "exiting?); choose another port for every process")
+
+
+def _port_in_use(port: int) -> bool:
+    """Whether another program listens on ``port`` here, on any interface: the coordinator
+    listens on all of them ("[::]:port"). With SO_REUSEADDR, as gRPC binds, so that a port
+    left in TIME_WAIT by a finished run counts as free. Any other failure to bind is left to
+    JAX to report."""
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
         try:
-            probe.bind(bind_to)
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:
-                raise
-            raise ValueError(
-                f"--coordinator_address={address!r}: port {port} is already in use on this "
-                "machine (process 0 runs the coordinator there; another run, or one still "
-                "exiting?); choose another port for every process") from None
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # a machine without IPv6
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # IPv4 as well, as "[::]" does
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+                continue
+            return False
+    return False
 
 
 # What JAX's own detection requires (jax/_src/clusters/slurm_cluster.py, ompi_cluster.py).
