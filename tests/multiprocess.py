@@ -10,9 +10,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-# What a process 0 prints when its coordinator cannot listen on the port (taken between
-# ``_free_port`` closing it and the coordinator binding it); it then dies with SIGSEGV.
-_PORT_TAKEN = "Failed to add port to server"
+# What a process 0 prints when the port was taken between ``_free_port`` closing it and the
+# coordinator binding it: JAX's coordinator (gRPC), which then dies with SIGSEGV, and the
+# launcher's own check before it (``trainer.partitioning._check_coordinator_address``).
+_PORT_TAKEN = ("Failed to add port to server", "is already in use on this machine")
 
 
 def _free_port() -> int:
@@ -71,7 +72,7 @@ def run_processes(make_commands: Callable[[int], Sequence[Sequence[str]]], *, en
     """
     for _ in range(attempts):
         results = _run_once(make_commands(_free_port()), env, cwd, timeout)
-        if not (results[0][0] != 0 and _PORT_TAKEN in results[0][1]):
+        if not (results[0][0] != 0 and any(text in results[0][1] for text in _PORT_TAKEN)):
             break
     # The process that failed first, rather than one killed because it had.
     failures = sorted((killed, index) for index, (returncode, _, killed) in enumerate(results)

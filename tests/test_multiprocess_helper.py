@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests import multiprocess
+from tests.trainer.launcher import REPO
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -50,17 +51,28 @@ jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]),
 print("process", jax.process_index(), "of", jax.process_count())
 """
 
+# The launcher's start-up, which refuses a taken port itself before JAX would die on it.
+_LAUNCHER_JOB = """
+import sys
+import jax
+from trainer import partitioning
+partitioning.initialize_distributed(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))
+print("process", jax.process_index(), "of", jax.process_count())
+"""
 
-def test_jax_job_whose_coordinator_port_is_taken_runs_again_on_another(monkeypatch):
-    """The real failure: JAX's coordinator dies (SIGSEGV) on a port another program holds,
-    printing what ``_PORT_TAKEN`` looks for, and its workers would wait minutes for it."""
+
+@pytest.mark.parametrize("job", [_JAX_JOB, _LAUNCHER_JOB], ids=["jax", "launcher"])
+def test_a_job_whose_coordinator_port_is_taken_runs_again_on_another(monkeypatch, job):
+    """JAX's coordinator dies (SIGSEGV) on a port another program holds, and the launcher
+    refuses it first; either prints one of the ``_PORT_TAKEN`` texts (a job that did not would
+    fail here), and the workers would otherwise wait minutes for a coordinator."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         ports = [taken.getsockname()[1], multiprocess._free_port()]
         monkeypatch.setattr(multiprocess, "_free_port", lambda: ports.pop(0))
         outputs = multiprocess.run_processes(lambda port: [
-            [sys.executable, "-c", _JAX_JOB, str(port), str(index)] for index in range(2)],
-            env={**ENV, "JAX_PLATFORMS": "cpu"}, cwd=".", timeout=120)
+            [sys.executable, "-c", job, str(port), str(index)] for index in range(2)],
+            env={**ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}, cwd=REPO, timeout=120)
     assert ports == []
     assert ["process 0 of 2", "process 1 of 2"] == [o.strip().splitlines()[-1] for o in outputs]
