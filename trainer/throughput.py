@@ -155,6 +155,8 @@ def cudnn_attention_flops(jaxpr: Any) -> float:
     Read from the traced program, not the lowered text: on more than one device JAX lowers
     the call as a ``CustomSPMDPartitioning`` call that the SPMD partitioner turns into cuDNN's
     kernel only at compile time, so the lowered text of a data-parallel step holds none.
+    Of a ``cond``'s branches, only one runs: the costliest counts, as XLA's cost analysis
+    counts a conditional (the rest of the step's FLOPs come from it).
     """
     flops = 0.0
     for eqn in jaxpr.eqns:
@@ -163,7 +165,8 @@ def cudnn_attention_flops(jaxpr: Any) -> float:
             query, key = (variable.aval.shape for variable in eqn.invars[:2])
             kv_length = key[2] if eqn.params.get("layout") == _BNTH_LAYOUT else key[1]
             flops += passes * 4.0 * float(np.prod(query)) * kv_length
-        flops += sum(map(cudnn_attention_flops, _sub_jaxprs(eqn)))
+        inner = [cudnn_attention_flops(sub) for sub in _sub_jaxprs(eqn)]
+        flops += max(inner, default=0.0) if eqn.primitive.name == "cond" else sum(inner)
     return flops
 
 

@@ -64,6 +64,27 @@ def test_cudnn_attention_flops_are_read_from_the_calls_operands(cudnn_traceable)
     assert throughput.cudnn_attention_flops(matmul.jaxpr) == 0
 
 
+def test_cudnn_attention_in_a_cond_counts_its_costliest_branch_as_xla_counts_the_rest(
+        cudnn_traceable):
+    """One branch of a ``cond`` runs: each branch's attention used to be added up."""
+    short, long = jnp.zeros((2, 6, 3, 8), jnp.bfloat16), jnp.zeros((2, 10, 3, 8), jnp.bfloat16)
+
+    def attention(query):
+        return jax.nn.dot_product_attention(query, query, query, implementation="cudnn")
+
+    def either(predicate):
+        return jax.lax.cond(predicate, lambda: attention(long)[:, :6], lambda: attention(short))
+
+    def matmul_either(predicate, a, b):  # XLA's own count of a conditional, for comparison
+        return jax.lax.cond(predicate, lambda: (a @ a).sum(), lambda: (b @ b).sum())
+
+    assert throughput.cudnn_attention_flops(jax.make_jaxpr(either)(True).jaxpr) == (
+        4 * 2 * 10 * 3 * 8 * 10)
+    a, b = jnp.ones((32, 32)), jnp.ones((16, 16))
+    xla_count = jax.jit(matmul_either).lower(True, a, b).cost_analysis()["flops"]
+    assert 2 * 32**3 <= xla_count < 2 * 32**3 + 2 * 16**3  # the larger branch, not the sum
+
+
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two devices (the suite simulates 8)")
 def test_cudnn_attention_is_counted_on_a_data_parallel_mesh(cudnn_traceable):
     """Split over two devices, JAX lowers the attention as a CustomSPMDPartitioning call that
