@@ -1,12 +1,14 @@
 """Test-wide setup, before JAX starts: 8 simulated CPU devices, so sharding tests run anywhere,
-one persistent compilation cache for the whole run, each xdist worker on its own CPUs, and the
-longest tests sent out first."""
+LLVM's quickest compiles (tests/xla_flags.py), one persistent compilation cache for the whole
+run, each xdist worker on its own CPUs, and the longest tests sent out first."""
 
 import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.xla_flags import with_fast_compile, xla_flags
+
+os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", xla_flags(8)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Many tests train the same tiny configs, in this process and in launcher subprocesses (kill

@@ -283,7 +283,11 @@ def test_resize_is_tf2_bilinear_then_truncated_to_uint8(shape):
                                        antialias=False))
     floats = _run(f"resize{shape}", image=IMAGE.astype(np.float32))["image"]
     assert floats.dtype == np.float32
-    np.testing.assert_allclose(floats, want, atol=1e-4)
+    # float32 accuracy, not agreement to the last bit: at (45, 37) both this op and JAX's
+    # resize are up to 2.4e-4 from the float64 value (pixels 0-255), and JAX's own result
+    # moves by 2e-4 with XLA's code generation (its LLVM optimisation level, tests/xla_flags.py).
+    # A wrong convention (pixel centres, corners, antialiasing) is off by whole units.
+    np.testing.assert_allclose(floats, want, atol=1e-3)
     out = _run(f"resize{shape}")["image"]
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, np.floor(np.clip(floats, 0, 255)))

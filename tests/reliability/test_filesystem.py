@@ -13,6 +13,7 @@ import pytest
 
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS
+from tests.xla_flags import xla_flags
 from trainer.metrics import read_metrics
 
 CONFIG = "configs/vit_digits.py"
@@ -46,7 +47,7 @@ def test_full_disk_fails_the_save_clearly_and_keeps_the_last_good_checkpoint(
     mount = tmp_path / "small_disk"
     mount.mkdir()
     workdir = mount / "run"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(8),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 
     def shell_quote(command):
@@ -118,7 +119,7 @@ def test_a_run_writes_nothing_outside_its_workdir(tmp_path, digits_data_dir):
     env = {key: value for key, value in os.environ.items()
            if key not in ("TFDS_DATA_DIR", "JAX_COMPILATION_CACHE_DIR")}
     env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=xla_flags(8))
     result = subprocess.run(_launcher_command(workdir, digits_data_dir, 6), cwd=str(cwd),
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

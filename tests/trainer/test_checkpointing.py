@@ -15,6 +15,7 @@ import pytest
 
 from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO
+from tests.xla_flags import xla_flags
 from trainer import checkpointing
 from trainer.checkpointing import (
     Checkpointer,
@@ -195,7 +196,7 @@ def test_two_processes_restore_the_same_step_and_process_zero_moves_the_damage(t
     workdir = str(tmp_path / "run")
     script = tmp_path / "restore.py"
     script.write_text(_TWO_PROCESS_SCRIPT)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
     outputs = run_processes(
         lambda port: [[sys.executable, str(script), str(port), str(index), workdir]

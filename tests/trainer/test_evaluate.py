@@ -14,6 +14,7 @@ import pytest
 
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import tiny_digits_config
+from tests.xla_flags import xla_flags
 from trainer import checkpointing
 from trainer.evaluate import (
     evaluate_params,
@@ -113,7 +114,7 @@ def test_the_command_line_prints_and_writes_the_metrics(digits_run, tmp_path):
         [sys.executable, "-m", "trainer.evaluate", f"--workdir={workdir}", "--ema",
          f"--out={out}"],
         capture_output=True, text=True, cwd=REPO, timeout=300,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+        env={**os.environ, "XLA_FLAGS": xla_flags(1)})
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out) as f:
         written = json.load(f)

@@ -12,6 +12,7 @@ import pytest
 from input_pipeline.text import EOS_ID
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import tiny_seq2seq_config
+from tests.xla_flags import xla_flags
 from trainer.generate import FLAGS, LineCodec, generate
 from trainer.train import train_and_evaluate
 
@@ -49,7 +50,7 @@ def test_strategies_from_the_command_line(seq2seq_workdir, strategy):
          f"--strategy={strategy}", "--beam_size=2", "--top_k=3", "--average_last=2",
          "--extra_length=1"],
         input="3 4 5\n\n6 7\n", capture_output=True, text=True, cwd=REPO, timeout=180,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+        env={**os.environ, "XLA_FLAGS": xla_flags(1)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == 3 and result.stdout.splitlines()[1] == ""
     # --extra_length=1: at most source length (with EOS) + 1 tokens, EOS not printed.

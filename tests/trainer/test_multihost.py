@@ -16,6 +16,7 @@ import pytest
 from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO, run_launcher
 from tests.trainer.tiny import STEP_FLAGS, TINY_VIT_FLAGS
+from tests.xla_flags import xla_flags
 from trainer.checkpointing import restore_params
 from trainer.metrics import read_metrics
 
@@ -31,7 +32,7 @@ def test_two_processes_match_one_process(tmp_path, digits_data_dir):
     # fresh run used to fetch them all to the host at start and failed there.
     fsdp = ("--config.mesh_shape.data=1", "--config.mesh_shape.fsdp=-1",
             "--config.sharding.min_fsdp_size=256")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(4),
            "JAX_PLATFORMS": "cpu"}
     outputs = run_processes(lambda port: [
         [sys.executable, "-m", "trainer.main", "--config=configs/vit_digits.py",

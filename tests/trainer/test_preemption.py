@@ -10,6 +10,7 @@ import pytest
 
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import TINY_VIT_FLAGS
+from tests.xla_flags import xla_flags
 from trainer.metrics import read_metrics
 
 
@@ -22,7 +23,7 @@ def test_sigterm_saves_then_restart_resumes(tmp_path, digits_data_dir):
             "--config.batch_size=32", "--config.progress_bar=False",
             "--config.checkpoint_every_steps=100000", "--config.eval_every_steps=100000"]
     command = [*base, "--config.num_train_steps=100000"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")

@@ -11,6 +11,7 @@ import pytest
 from tests.multiprocess import run_processes
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import tiny_seq2seq_config
+from tests.xla_flags import xla_flags
 from trainer.tasks import create_task
 
 
@@ -150,7 +151,7 @@ def test_teacher_forced_exact_match_equals_greedy_exact_match():
 
 def _bleu_over_processes(num_processes: int, devices_per_process: int) -> list[dict]:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+           "XLA_FLAGS": xla_flags(devices_per_process)}
     outputs = run_processes(lambda port: [
         [sys.executable, "-m", "tests.trainer.bleu_worker", str(index), str(num_processes),
          str(port)] for index in range(num_processes)], env=env, cwd=REPO, timeout=300)

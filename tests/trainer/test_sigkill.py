@@ -14,6 +14,7 @@ import pytest
 
 from tests.trainer.launcher import REPO
 from tests.trainer.tiny import TINY_VIT_FLAGS
+from tests.xla_flags import xla_flags
 from trainer.checkpointing import restore_params
 from trainer.metrics import read_metrics
 
@@ -29,7 +30,7 @@ def _command(workdir, data_dir):
             "--config.schedule.warmup_steps=2", "--config.progress_bar=False"]
 
 
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+ENV = {**os.environ, "XLA_FLAGS": xla_flags(2)}
 
 
 def _without_timing(records):

@@ -42,6 +42,11 @@ def cudnn_traceable(monkeypatch):
     return fused
 
 
+def _cudnn_self_attention(query):
+    """cuDNN's fused attention of ``query`` [batch, length, heads, head_dim] with itself."""
+    return jax.nn.dot_product_attention(query, query, query, implementation="cudnn")
+
+
 def test_cudnn_attention_flops_are_read_from_the_calls_operands(cudnn_traceable):
     """A training step's attention: a forward call (QKᵀ and PV) and a backward one (four
     matmuls), a query of 6 and a key of 10 positions; BNTH (heads first) reads the key's
@@ -69,11 +74,9 @@ def test_cudnn_attention_in_a_cond_counts_its_costliest_branch_as_xla_counts_the
     """One branch of a ``cond`` runs: each branch's attention used to be added up."""
     short, long = jnp.zeros((2, 6, 3, 8), jnp.bfloat16), jnp.zeros((2, 10, 3, 8), jnp.bfloat16)
 
-    def attention(query):
-        return jax.nn.dot_product_attention(query, query, query, implementation="cudnn")
-
     def either(predicate):
-        return jax.lax.cond(predicate, lambda: attention(long)[:, :6], lambda: attention(short))
+        return jax.lax.cond(predicate, lambda: _cudnn_self_attention(long)[:, :6],
+                            lambda: _cudnn_self_attention(short))
 
     def matmul_either(predicate, a, b):  # XLA's own count of a conditional, for comparison
         return jax.lax.cond(predicate, lambda: (a @ a).sum(), lambda: (b @ b).sum())
@@ -93,14 +96,11 @@ def test_cudnn_attention_is_counted_on_a_data_parallel_mesh(cudnn_traceable):
     data-parallel run. The traced program has it, on one device as on two."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    def attention(query):
-        return jax.nn.dot_product_attention(query, query, query, implementation="cudnn")
-
     counts = {}
     for devices in (1, 2):
         sharding = NamedSharding(Mesh(np.array(jax.devices()[:devices]), ("data",)),
                                  PartitionSpec("data"))
-        traced = jax.jit(attention, in_shardings=sharding).trace(
+        traced = jax.jit(_cudnn_self_attention, in_shardings=sharding).trace(
             jax.ShapeDtypeStruct((2, 6, 3, 8), jnp.bfloat16, sharding=sharding))
         text = traced.lower(lowering_platforms=("cuda",)).as_text()
         counts[devices] = (text.count("__cudnn$fmha"),
