@@ -26,8 +26,9 @@ Each experiment file starts from ``base_config()`` and sets what differs. Field 
   ``eval_ema/*`` (``final_eval_ema`` in the summary); 0: off.
 - ``aug_repeats``: DeiT's repeated augmentation, each training image this many times in a row
   with its own augmentation (DeiT: 3); 1 (or timm's 0): off.
-- ``init_checkpoint`` / ``init_checkpoint_grid`` (ViT configs, ``with_init_checkpoint``): an
-  official-layout ``.npz`` to start from, and its position grid when it is needed.
+- ``init_checkpoint`` / ``init_checkpoint_grid`` / ``init_new_head`` (ViT configs,
+  ``with_init_checkpoint``): an official-layout ``.npz`` to start from, its position grid
+  when it is needed, and whether to start a new head even when the checkpoint's fits.
 """
 
 import ml_collections
@@ -82,9 +83,13 @@ def with_init_checkpoint(config: ml_collections.ConfigDict) -> ml_collections.Co
     - ``init_checkpoint_grid``: the checkpoint's position grid ``(height, width)`` in
       patches, e.g. ``--config.init_checkpoint_grid=4,9``; needed only for a non-square table
       that ``vit.save_npz(grid_size=)`` did not record (None: recorded, else square).
+    - ``init_new_head``: True starts the model's initial (zero) head even when the
+      checkpoint's has the model's class count, as ``vit_jax`` always does; False keeps a
+      head that fits (``vit.load_pretrained(new_head=)``).
     """
     config.init_checkpoint = ""
     config.init_checkpoint_grid = ml_collections.FieldReference(None, field_type=tuple)
+    config.init_new_head = False
     return config
 
 

@@ -53,6 +53,8 @@ def get_config(arg: str | None = "cifar10"):
         raise ValueError(f"config argument {dataset!r} is not one of {tuple(_DATASETS)}")
     num_classes, train_split, eval_split, steps, warmup, learning_rate = _DATASETS[dataset]
     config = with_init_checkpoint(base_config())
+    # vit_jax's new zero head, also from a checkpoint already trained on as many classes.
+    config.init_new_head = True
     config.model = vit_model("ViT-B_16", num_classes=num_classes, image_size=384)
     config.dataset.name = dataset
     config.dataset.train_split = train_split

@@ -336,10 +336,15 @@ def _head_mismatch(loaded: dict[str, np.ndarray], expected: dict[str, Any], name
 
 
 def _heads(path: str, loaded: dict[str, np.ndarray], expected: dict[str, Any],
-           model: VisionTransformer, allow_new_head: bool) -> dict[str, np.ndarray]:
+           model: VisionTransformer, allow_new_head: bool,
+           new_head: bool) -> dict[str, np.ndarray]:
     """``{"head/kernel": [width, num_classes], "head/bias": [num_classes], ...}`` for each
-    head of the model: the checkpoint's when it fits, else the model's own initial head."""
+    head of the model: the checkpoint's when it fits (and not ``new_head``), else the model's
+    own initial head."""
     names = [name for name in _HEADS if f"{name}/kernel" in expected]
+    if new_head:
+        logging.info("%s: starting the model's initial %s (new_head=True)", path, names)
+        return _fresh_heads(model, names)
     mismatches = {name: _head_mismatch(loaded, expected, name, model) for name in names}
     replaced = [name for name in names if mismatches[name]]
     for name in replaced:
@@ -364,6 +369,7 @@ def load_pretrained(path: str, model: VisionTransformer,
                     image_size: int | tuple[int, int] | None = None,
                     checkpoint_grid: tuple[int, int] | None = None, *,
                     allow_new_head: bool = True,
+                    new_head: bool = False,
                     allow_fewer_layers: bool = False) -> dict[str, Any]:
     """Parameters for ``model`` from an official-layout ``.npz``.
 
@@ -373,6 +379,11 @@ def load_pretrained(path: str, model: VisionTransformer,
       starts (zero kernel, ``head_bias_init`` bias), as the official fine-tuning code does.
       ``allow_new_head=False`` (loading a model to use as is, e.g. a distillation teacher)
       raises ``ValueError`` instead, naming ``head/kernel``, both shapes and ``num_classes``.
+      ``new_head=True`` starts the model's initial heads even when the checkpoint's fit, as
+      the official ``vit_jax`` fine-tuning always does (and big_vision's
+      ``dont_load=["head/.*"]``): fine-tuning a checkpoint already trained on as many
+      classes, e.g. an ImageNet-1k one on ImageNet-1k at 384 px or a CIFAR-10 one on another
+      10-class task, starts from zero logits rather than the old classes' weights.
     - ``pre_logits`` is dropped when ``model.representation_size`` is None (and so is the
       head trained on it, see above).
     - The position-embedding grid is resized when the model's grid (from
@@ -393,6 +404,9 @@ def load_pretrained(path: str, model: VisionTransformer,
         raise FileNotFoundError(
             f"checkpoint {path!r} does not exist (official checkpoints: {OFFICIAL_CHECKPOINTS};"
             " download them on a connected machine)")
+    if new_head and not allow_new_head:
+        raise ValueError("load_pretrained(new_head=True, allow_new_head=False) asks for a new "
+                         "head and forbids one; pass at most one of them")
     if image_size is not None:
         model = model.clone(image_size=image_size)
     loaded = _read_npz(path)
@@ -403,7 +417,7 @@ def load_pretrained(path: str, model: VisionTransformer,
     _check_missing(path, loaded, expected)
     _check_depth(path, loaded, model, allow_fewer_layers)
 
-    heads = _heads(path, loaded, expected, model, allow_new_head)
+    heads = _heads(path, loaded, expected, model, allow_new_head, new_head)
     params, problems = {}, []
     for key, spec in expected.items():
         if key in heads:

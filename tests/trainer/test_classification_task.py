@@ -103,6 +103,32 @@ def test_every_vit_config_takes_an_init_checkpoint_and_its_grid():
     assert distill_digits.get_config().distill.teacher_checkpoint_grid is None
 
 
+def test_init_new_head_starts_a_zero_head_from_a_checkpoint_whose_head_fits(tmp_path):
+    """``config.init_new_head``: vit_finetune.py sets it (vit_jax's zero head even from a
+    checkpoint trained on as many classes); other configs keep a head that fits."""
+    import pytest
+
+    import vit
+    from configs import vit_digits, vit_finetune
+
+    task = _task()
+    params = _random_params(task, _batch(task))
+    path = str(tmp_path / "pretrained.npz")
+    vit.save_npz(params, path)
+    task.config.init_checkpoint = path
+    kept = task.pretrained_params(params)
+    np.testing.assert_array_equal(kept["head"]["kernel"], params["head"]["kernel"])
+    task.config.init_new_head = True
+    fresh = task.pretrained_params(params)
+    assert not np.any(fresh["head"]["kernel"]) and not np.any(fresh["head"]["bias"])
+    np.testing.assert_array_equal(fresh["cls"], params["cls"])
+    task.config.init_new_head = None  # the config's type check lets None through
+    with pytest.raises(ValueError, match=r"config.init_new_head=None must be True or False"):
+        task.pretrained_params(params)
+    assert vit_finetune.get_config("cifar10").init_new_head is True
+    assert vit_digits.get_config().init_new_head is False
+
+
 def test_command_line_sets_a_non_square_image_size_and_checkpoint_grid():
     """Through ml_collections' config flags, as ``trainer.main`` parses them: a fine-tuning
     resolution ``(height, width)`` and a checkpoint grid, each written ``a,b``."""

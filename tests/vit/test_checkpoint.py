@@ -295,6 +295,25 @@ def test_new_head_is_the_models_initial_head_with_head_bias_init(tmp_path):
     np.testing.assert_allclose(loaded["bias"], -6.9)
 
 
+def test_new_head_true_starts_the_initial_heads_even_when_the_checkpoints_fit(tmp_path):
+    """``new_head=True`` (vit_jax's fine-tuning, big_vision's ``dont_load=["head/.*"]``):
+    both heads of a distillation-token model start anew although their shapes fit; every
+    other parameter is the checkpoint's."""
+    model = _model(distillation_token=True, head_bias_init=-2.0)
+    params = _random_params(model)
+    path = _save(params, tmp_path)
+    loaded = vit.load_pretrained(path, model, new_head=True)
+    for name in ("head", "head_dist"):
+        assert not np.any(loaded[name]["kernel"]), name
+        np.testing.assert_allclose(loaded[name]["bias"], -2.0)
+    flat, saved = flatten_params(loaded), flatten_params(params)
+    for key in saved:
+        if not key.startswith("head"):
+            np.testing.assert_array_equal(flat[key], saved[key])
+    with pytest.raises(ValueError, match=r"new_head=True, allow_new_head=False"):
+        vit.load_pretrained(path, model, new_head=True, allow_new_head=False)
+
+
 def test_allow_new_head_false_refuses_a_head_that_does_not_fit(tmp_path):
     params = _random_params(_model())
     path = _save(params, tmp_path)

@@ -112,13 +112,17 @@ class ClassificationTask(Task):
     def pretrained_params(self, params: Any) -> Any | None:
         """``config.init_checkpoint``: an official-layout ``.npz`` (head and position
         embeddings adapted to this model by ``vit.load_pretrained``; its position grid is
-        ``config.init_checkpoint_grid`` when given)."""
+        ``config.init_checkpoint_grid`` when given; ``config.init_new_head`` starts a new
+        head even when the checkpoint's fits)."""
         path = self.config.get("init_checkpoint")
         if not path:
             return None
         grid = checkpoint_grid(self.config.get("init_checkpoint_grid"),
                                "config.init_checkpoint_grid")
-        return vit.load_pretrained(path, self.model, checkpoint_grid=grid)
+        new_head = self.config.get("init_new_head", False)
+        if not isinstance(new_head, bool):
+            raise ValueError(f"config.init_new_head={new_head!r} must be True or False")
+        return vit.load_pretrained(path, self.model, checkpoint_grid=grid, new_head=new_head)
 
     def _mix(self, rng: jax.Array, images: jax.Array, onehot: jax.Array):
         mixup = self.config.get("mixup", {})
