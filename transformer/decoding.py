@@ -90,9 +90,14 @@ def filter_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0,
     if top_k:
         if top_k < 0:
             raise ValueError(f"top_k={top_k} must be >= 0")
-        # A k beyond the vocabulary keeps everything (as in HF's transformers).
-        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
-        logits = jnp.where(logits < kth, NEG_INF, logits)
+        # Exactly k by rank, as top-p below: a cutoff by value (HF's transformers) keeps
+        # every token tied with the k-th, so top_k=1 was not greedy on tied logits.
+        # ``lax.top_k`` puts the lower token id first among ties, as ``argmax`` picks.
+        # A k beyond the vocabulary keeps everything.
+        _, top = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))
+        rows = jnp.arange(logits.shape[0])[:, None]
+        keep = jnp.zeros(logits.shape, bool).at[rows, top].set(True)
+        logits = jnp.where(keep, logits, NEG_INF)
     if top_p < 1.0:
         # By rank, not by logit value: tokens tied with the last one kept would all pass a
         # value cutoff (bf16 logits tie often), and the kept mass could be far above top_p.

@@ -199,6 +199,19 @@ def test_top_p_keeps_the_smallest_prefix_even_among_tied_tokens():
     np.testing.assert_array_equal(kept.sum(-1), [2, 2])
 
 
+def test_top_k_keeps_exactly_k_tokens_among_ties_as_greedy_would():
+    """By rank, lower token id first among ties (as ``argmax``): a cutoff by value kept
+    both tokens tied at the top, so top_k=1 could sample what greedy never picks."""
+    logits = jnp.array([[0.0, 0.5, 2.0, 2.0, 1.0], [3.0, 1.0, 1.0, 1.0, 0.0]])
+    kept = np.asarray(decoding.filter_logits(logits, top_k=1)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept, [[False, False, True, False, False],
+                                         [True, False, False, False, False]])
+    assert np.array_equal(np.argmax(kept, -1), np.argmax(np.asarray(logits), -1))
+    kept = np.asarray(decoding.filter_logits(logits, top_k=2)) > decoding.NEG_INF / 2
+    np.testing.assert_array_equal(kept, [[False, False, True, True, False],
+                                         [True, True, False, False, False]])
+
+
 def test_top_k_beyond_the_vocabulary_keeps_every_token():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     kept = np.asarray(decoding.filter_logits(logits, top_k=20)) > decoding.NEG_INF / 2
