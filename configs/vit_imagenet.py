@@ -17,7 +17,12 @@ one batch, each copy augmented on its own); a model EMA with decay 0.99996 (DeiT
 reports the model itself, ``eval/*`` here, and only saves the EMA); evaluation resizes the
 shorter side to int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the
 central 224.
-Differences from DeiT: warmup starts from 0, not DeiT's 1e-6; the three copies of an image
+Differences from DeiT: warmup starts from 0, not DeiT's 1e-6; the cosine runs over the
+steps after the warmup and is updated every step, where timm's ``CosineLRScheduler`` (DeiT's)
+runs it over all 300 epochs from epoch 0 (``warmup_prefix=False``: the warmup only overrides
+its first 5) and updates it once per epoch (at epoch 150, with the peak 1e-3 of batch 1024:
+1e-5 + 0.5·(1e-3 - 1e-5)·(1 + cos(π·145/295)) = 5.18e-4 here, against
+1e-5 + 0.5·(1e-3 - 1e-5)·(1 + cos(π·150/300)) = 5.05e-4 in timm); the three copies of an image
 share a batch, where DeiT's sampler deals them to different GPUs (the same global batch: a
 ViT has no batch statistics); DeiT's epoch is cut to a multiple of 256 images;
 the evaluation resize rounds the longer side and the central crop rounds its offset down,

@@ -110,7 +110,9 @@ def weight_decay_mask(params: Any) -> Any:
 
     Every leaf named ``kernel`` decays (dense, attention and patch-embedding kernels); the
     rest — ``bias``, LayerNorm ``scale``, ``embedding`` tables, ``pos_embedding``, ``cls`` —
-    does not, as in BERT, DeiT and big_vision.
+    does not, as timm's ``param_groups_weight_decay`` for DeiT (every 1-D leaf and the
+    tokens) and big_vision's ViT configs (``.*/kernel`` only). BERT's optimizer excludes only
+    biases and LayerNorm and so decays its embedding tables, which are not decayed here.
     """
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
@@ -204,8 +206,9 @@ def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransfo
         if momentum:
             chain.append(optax.trace(decay=momentum, nesterov=bool(opt.get("nesterov", False))))
     if weight_decay and name != "adam":
-        # Decoupled decay (AdamW; for SGD as big_vision's), scaled by the learning rate as in
-        # optax.adamw.
+        # Decoupled decay (AdamW), scaled by the whole learning rate as in optax.adamw and
+        # PyTorch's AdamW. big_vision adds it after ``optax.scale(lr)``, so there it follows
+        # the schedule's shape but not the base rate: its wd values are not this one's.
         chain.append(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
     chain.append(optax.scale_by_learning_rate(schedule))
     layer_decay = float(opt.get("layer_decay", 1.0))
