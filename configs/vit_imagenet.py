@@ -17,12 +17,11 @@ one batch, each copy augmented on its own); a model EMA with decay 0.99996 (DeiT
 reports the model itself, ``eval/*`` here, and only saves the EMA); evaluation resizes the
 shorter side to int(224 / 0.875) = 256 (bicubic, antialiased as PIL does) and takes the
 central 224.
-Differences from DeiT: warmup starts from 0, not DeiT's 1e-6; the cosine runs over the
-steps after the warmup and is updated every step, where timm's ``CosineLRScheduler`` (DeiT's)
-runs it over all 300 epochs from epoch 0 (``warmup_prefix=False``: the warmup only overrides
-its first 5) and updates it once per epoch (at epoch 150, with the peak 1e-3 of batch 1024:
-1e-5 + 0.5·(1e-3 - 1e-5)·(1 + cos(π·145/295)) = 5.18e-4 here, against
-1e-5 + 0.5·(1e-3 - 1e-5)·(1 + cos(π·150/300)) = 5.05e-4 in timm); the three copies of an image
+The learning rate follows DeiT's to the epoch (``schedule.name="timm_cosine"``): timm's
+``CosineLRScheduler`` from a warmup rate of 1e-6, changed once per epoch, its cosine counted
+over all 300 epochs, and a step behind as DeiT's ``main.py`` steps it (epoch e trains at the
+rate of e - 1).
+Differences from DeiT: the three copies of an image
 share a batch, where DeiT's sampler deals them to different GPUs (the same global batch: a
 ViT has no batch statistics); DeiT's epoch is cut to a multiple of 256 images;
 the evaluation resize rounds the longer side and the central crop rounds its offset down,
@@ -79,9 +78,16 @@ def get_config(arg: str | None = "S_16"):
     config.optimizer.learning_rate = batch_size.to_float() * (5e-4 / 512)
     config.optimizer.weight_decay = 0.05
     config.optimizer.grad_clip_norm = 0.0
+    # DeiT's timm scheduler, changed once per epoch and a step behind (trainer.optimizers).
+    config.schedule.name = "timm_cosine"
+    config.schedule.steps_per_epoch = steps_per_epoch
+    config.schedule.lag_epochs = 1
     config.schedule.warmup_steps = steps_per_epoch * 5
-    # DeiT's min_lr 1e-5 is not scaled with the batch: a fraction of the scaled peak.
-    config.schedule.end_learning_rate_factor = 1e-5 / config.optimizer.get_ref("learning_rate")
+    # DeiT's warmup_lr 1e-6 and min_lr 1e-5 are not scaled with the batch: fractions of the
+    # scaled peak.
+    learning_rate = config.optimizer.get_ref("learning_rate")
+    config.schedule.warmup_start_factor = 1e-6 / learning_rate
+    config.schedule.end_learning_rate_factor = 1e-5 / learning_rate
     config.input_workers = 16
     config.mixed_precision = True
     return config

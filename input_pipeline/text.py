@@ -4,7 +4,9 @@ Packing several examples per row is grain's ``FirstFitPackIterDataset``, used by
 ``input_pipeline.loader.make_train_loader(pack_length=...)``.
 
 Token conventions match ``transformer``: ``PAD = 0``, ``EOS = 1``. Sentencepiece models are
-trained with those ids (``pad_id=0, eos_id=1, unk_id=2``, no BOS), as in Flax's WMT example.
+trained with those ids (``pad_id=0, eos_id=1, unk_id=2``, no BOS). Flax's WMT example trains
+with sentencepiece's defaults instead (``unk_id=0, bos_id=1, eos_id=2``, its ``EOS_ID = 2``)
+and pads with 0, the id of its unknown token; here padding and ``<unk>`` are told apart.
 """
 
 from __future__ import annotations

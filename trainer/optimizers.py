@@ -8,8 +8,9 @@
 layer-wise learning-rate decay; 1: off) scales each encoder block's updates by
 ``layer_decay ** (num_layers + 1 - layer)``.
 ``config.schedule``: ``name`` (``warmup_cosine``, ``warmup_linear``, ``warmup_rsqrt``,
-``constant``), ``warmup_steps`` (a linear warmup from 0 for every schedule),
-``end_learning_rate_factor``.
+``constant``, ``timm_cosine``), ``warmup_steps`` (a linear warmup from 0 for every schedule
+but ``timm_cosine``), ``end_learning_rate_factor``; for ``timm_cosine`` also
+``steps_per_epoch``, ``warmup_start_factor`` and ``lag_epochs`` (see ``make_schedule``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import optax
 from flax import traverse_util
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_rsqrt", "constant")
+SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_rsqrt", "constant", "timm_cosine")
 
 
 def check_schedule(schedule_config: Any, total_steps: int) -> None:
@@ -37,7 +38,8 @@ def check_schedule(schedule_config: Any, total_steps: int) -> None:
         raise ValueError(f"config.schedule.warmup_steps={warmup!r} must be an integer >= 0")
     # warmup_rsqrt decays from the end of warmup on, however long the run; the others reach
     # their peak at warmup_steps and must then decay within num_train_steps.
-    if name in ("warmup_cosine", "warmup_linear") and total_steps > 0 and warmup >= total_steps:
+    if (name in ("warmup_cosine", "warmup_linear", "timm_cosine") and total_steps > 0
+            and warmup >= total_steps):
         raise ValueError(f"config.schedule.warmup_steps={warmup} must be in [0, "
                          f"num_train_steps={total_steps}) for schedule {name!r}")
     end_factor = schedule_config.get("end_learning_rate_factor", 0.0)
@@ -45,6 +47,24 @@ def check_schedule(schedule_config: Any, total_steps: int) -> None:
             or not 0 <= end_factor < math.inf):  # NaN and inf fail here too
         raise ValueError(f"config.schedule.end_learning_rate_factor={end_factor!r} must be a "
                          "number >= 0 (the final learning rate over the peak)")
+    if name == "timm_cosine":
+        _check_timm_cosine(schedule_config)
+
+
+def _check_timm_cosine(schedule_config: Any) -> None:
+    per_epoch = schedule_config.get("steps_per_epoch")
+    if not isinstance(per_epoch, int) or isinstance(per_epoch, bool) or per_epoch < 1:
+        raise ValueError(f"config.schedule.steps_per_epoch={per_epoch!r} must be an integer "
+                         ">= 1 (schedule 'timm_cosine' changes the rate once per epoch)")
+    start = schedule_config.get("warmup_start_factor", 0.0)
+    if (not isinstance(start, (int, float)) or isinstance(start, bool)
+            or not 0 <= start < math.inf):
+        raise ValueError(f"config.schedule.warmup_start_factor={start!r} must be a number "
+                         ">= 0 (the first epoch's rate over the peak; DeiT: 1e-6 / lr)")
+    lag = schedule_config.get("lag_epochs", 0)
+    if not isinstance(lag, int) or isinstance(lag, bool) or lag < 0:
+        raise ValueError(f"config.schedule.lag_epochs={lag!r} must be an integer >= 0 (DeiT's "
+                         "main.py: 1, timm's train.py: 0)")
 
 
 def check_optimizer(optimizer_config: Any) -> None:
@@ -73,6 +93,8 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
     name = schedule_config.name
     warmup = int(schedule_config.get("warmup_steps", 0))
     end_factor = float(schedule_config.get("end_learning_rate_factor", 0.0))
+    if name == "timm_cosine":
+        return _timm_cosine(schedule_config, base_learning_rate, total_steps)
     if name == "constant":
         constant = optax.constant_schedule(base_learning_rate)
         if warmup == 0:
@@ -103,6 +125,42 @@ def make_schedule(schedule_config: Any, base_learning_rate: float,
         return decay
     warm = optax.linear_schedule(0.0, base_learning_rate, warmup)
     return optax.join_schedules([warm, decay], [warmup])
+
+
+def _timm_cosine(schedule_config: Any, base_learning_rate: float,
+                 total_steps: int) -> optax.Schedule:
+    """timm's ``CosineLRScheduler`` stepped once per epoch (DeiT's schedule), rate per step.
+
+    With ``t`` the epoch, ``W`` the warmup epochs (``warmup_steps / steps_per_epoch``) and
+    ``T`` the epochs of the run (``total_steps / steps_per_epoch``), timm's rate is
+    ``start + t·(peak - start)/W`` for ``t < W`` and ``end + (peak - end)·(1 + cos(πt/T))/2``
+    after (``warmup_prefix=False``: the cosine counts from epoch 0 and the warmup replaces its
+    first epochs), with ``start``/``end`` the peak times ``warmup_start_factor`` /
+    ``end_learning_rate_factor``. Every step of epoch ``e`` takes the rate of
+    ``t = max(e - lag_epochs, 0)``: DeiT's ``main.py`` calls ``lr_scheduler.step(epoch)``
+    after epoch ``epoch``, so epoch ``e`` trains at timm's rate of ``e - 1`` (``lag_epochs=1``);
+    timm's ``train.py`` steps with ``epoch + 1`` (``lag_epochs=0``).
+
+    Written here because optax's schedules change the rate every step and count the cosine
+    from the end of the warmup (``warmup_cosine``).
+    """
+    per_epoch = schedule_config.steps_per_epoch
+    lag = schedule_config.get("lag_epochs", 0)
+    warmup_epochs = schedule_config.get("warmup_steps", 0) / per_epoch
+    epochs = max(total_steps, 1) / per_epoch
+    start = base_learning_rate * float(schedule_config.get("warmup_start_factor", 0.0))
+    end = base_learning_rate * float(schedule_config.get("end_learning_rate_factor", 0.0))
+
+    def rate(step):
+        epoch = jnp.maximum(jnp.asarray(step, jnp.int32) // per_epoch - lag, 0)
+        t = jnp.minimum(epoch.astype(jnp.float32), epochs)
+        cosine = end + 0.5 * (base_learning_rate - end) * (1 + jnp.cos(jnp.pi * t / epochs))
+        if not warmup_epochs:
+            return cosine
+        ramp = start + t * (base_learning_rate - start) / warmup_epochs
+        return jnp.where(t < warmup_epochs, ramp, cosine)
+
+    return rate
 
 
 def weight_decay_mask(params: Any) -> Any:

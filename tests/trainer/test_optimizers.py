@@ -183,3 +183,69 @@ def test_warmup_cosine_ends_at_the_end_factor():
     lr = _schedule("warmup_cosine", end=0.1)
     assert float(lr(100)) == pytest.approx(0.1, abs=1e-6)
     assert float(lr(55)) == pytest.approx(0.55, abs=1e-6)
+
+
+def _timm_cosine_rates(peak, warmup_init, min_lr, warmup_epochs, epochs, per_epoch, lag):
+    """The rate of every step of a loop that steps timm's ``CosineLRScheduler`` (written
+    out from timm/scheduler/cosine_lr.py) after each epoch: DeiT's main.py calls
+    ``step(epoch)`` (lag 1), timm's train.py ``step(epoch + 1)`` (lag 0)."""
+    import math
+
+    def timm_rate(t):
+        if t < warmup_epochs:
+            return warmup_init + t * (peak - warmup_init) / warmup_epochs
+        return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * t / epochs))
+
+    rate, rates = timm_rate(0), []  # the scheduler's constructor sets the warmup rate
+    for epoch in range(epochs):
+        rates += [rate] * per_epoch
+        rate = timm_rate(epoch + 1 - lag)
+    return rates
+
+
+@pytest.mark.parametrize("lag", [1, 0])
+def test_timm_cosine_is_timms_scheduler_stepped_once_per_epoch(lag):
+    config = ml_collections.ConfigDict(dict(
+        name="timm_cosine", warmup_steps=4 * 3, steps_per_epoch=3, lag_epochs=lag,
+        warmup_start_factor=0.002, end_learning_rate_factor=0.02))
+    lr = make_schedule(config, 5e-4, 20 * 3)
+    want = _timm_cosine_rates(5e-4, 1e-6, 1e-5, warmup_epochs=4, epochs=20, per_epoch=3,
+                              lag=lag)
+    np.testing.assert_allclose([float(lr(step)) for step in range(60)], want, rtol=1e-5)
+    # Not optax's warmup_cosine: one rate per epoch, the cosine counted from epoch 0.
+    assert float(lr(3 * 10 + lag * 3)) == pytest.approx(1e-5 + 0.5 * (5e-4 - 1e-5), rel=1e-5)
+
+
+def test_timm_cosine_fields_are_checked():
+    config = ml_collections.ConfigDict(dict(name="timm_cosine", warmup_steps=0))
+    with pytest.raises(ValueError, match=r"config.schedule.steps_per_epoch=None must be an "
+                                         r"integer >= 1"):
+        make_schedule(config, 1.0, 10)
+    config.steps_per_epoch = 2
+    config.lag_epochs = -1
+    with pytest.raises(ValueError, match=r"config.schedule.lag_epochs=-1 must be"):
+        make_schedule(config, 1.0, 10)
+    config.lag_epochs = 0
+    config.warmup_start_factor = -0.5
+    with pytest.raises(ValueError, match=r"config.schedule.warmup_start_factor=-0.5 must be"):
+        make_schedule(config, 1.0, 10)
+
+
+def test_deit_config_takes_deits_learning_rate_per_epoch():
+    """configs/vit_imagenet.py at batch 512 (peak 5e-4): DeiT's 1e-6 for epochs 0 and 1, its
+    warmup after, the cosine over 300 epochs from epoch 0 a step behind, 1e-5 at the end."""
+    import math
+
+    from configs import vit_imagenet
+
+    config = vit_imagenet.get_config("Ti_16")
+    config.batch_size = 512
+    lr = make_schedule(config.schedule, config.optimizer.learning_rate, config.num_train_steps)
+    per_epoch = 1_281_167 // 512
+    rate = lambda epoch: float(lr(epoch * per_epoch))  # noqa: E731
+    assert rate(0) == rate(1) == pytest.approx(1e-6)
+    assert rate(2) == pytest.approx(1e-6 + (5e-4 - 1e-6) / 5, rel=1e-5)
+    cosine = lambda t: 1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + math.cos(math.pi * t / 300))  # noqa
+    assert rate(6) == pytest.approx(cosine(5), rel=1e-5)
+    assert rate(151) == pytest.approx(cosine(150), rel=1e-5)
+    assert float(lr(config.num_train_steps - 1)) == pytest.approx(cosine(298), rel=1e-4)
