@@ -23,7 +23,10 @@ over all 300 epochs, and a step behind as DeiT's ``main.py`` steps it (epoch e t
 rate of e - 1).
 Differences from DeiT: the three copies of an image
 share a batch, where DeiT's sampler deals them to different GPUs (the same global batch: a
-ViT has no batch statistics); DeiT's epoch is cut to a multiple of 256 images;
+ViT has no batch statistics); mixup/CutMix draws one weight and one choice for the whole
+global batch and pairs it with its reverse, where each DeiT GPU draws its own and reverses
+its own 128 images, so here the copies of an image tend to share one partner image and, at
+the middle of a batch, a copy can be mixed with another copy of itself; DeiT's epoch is cut to a multiple of 256 images;
 the evaluation resize rounds the longer side and the central crop rounds its offset down,
 where torchvision truncates and rounds (at most a pixel apart).
 Hardware and time: a TPU v3-32 / 8×A100 host, about 2–3 days for S (DeiT reports 3 days on
